@@ -1,0 +1,17 @@
+//! Sluice's domain model: identifiers, definitions, runs, their state
+//! machines and the DAG. No I/O lives here (no tokio, diesel or tonic): every
+//! decision the engine makes is a function over these types, tested in-module.
+
+pub mod dag;
+pub mod ids;
+pub mod model;
+pub mod queue;
+pub mod state;
+
+pub use dag::{Dag, DagError, TaskNode};
+pub use ids::*;
+pub use model::*;
+pub use queue::QueueKey;
+pub use state::{
+    InvalidTransition, TaskEvent, TaskState, WorkflowEvent, WorkflowState,
+};
