@@ -1,1 +1,6 @@
-//! sluice-testkit
+//! Test fixtures shared by every crate's tests: real ZooKeeper and
+//! PostgreSQL servers (never fakes), temporary databases, and (later) the
+//! cluster sandbox.
+
+pub mod postgres;
+pub mod zookeeper;

@@ -1,0 +1,1 @@
+//! (registry helper writes this)
