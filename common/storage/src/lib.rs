@@ -1,1 +1,154 @@
-//! sluice-storage
+//! Sluice's storage layer: one [`Store`] trait, implemented with diesel for
+//! PostgreSQL (clusters) and SQLite (`sluice standalone`), both checked by
+//! the same test suite (`tests/suite.rs`).
+//!
+//! Diesel is synchronous; every call runs on tokio's blocking pool with a
+//! pooled connection, so callers stay async and never block a runtime thread.
+//! Row structs never leave this crate: callers see domain types only.
+
+mod diesel_store;
+mod error;
+mod rows;
+mod schema;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sluice_domain::*;
+
+pub use diesel_store::{DieselStore, PgStore, SqliteStore};
+pub use error::StoreError;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Result of storing a workflow spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedWorkflow {
+    pub id: WorkflowId,
+    pub version: u32,
+    /// A new version was written (the workflow is new, or it changed).
+    pub created: bool,
+}
+
+/// One entry of a workflow's version history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowVersionInfo {
+    pub version: u32,
+    pub description: String,
+    pub created_at: Timestamp,
+}
+
+/// Everything Sluice persists. Writes to a workflow instance or its tasks
+/// carry the owner's [`Fence`]; a stale fence makes them fail with
+/// [`StoreError::Fenced`] and change nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    // --- projects
+    async fn create_project(&self, name: &str, description: &str, params: &Params) -> Result<Project>;
+    async fn project(&self, name: &str) -> Result<Option<Project>>;
+    async fn project_by_id(&self, id: ProjectId) -> Result<Option<Project>>;
+    async fn list_projects(&self) -> Result<Vec<Project>>;
+
+    // --- workflow definitions
+    /// Stores `spec` (already validated by the caller) as the first version
+    /// of a new workflow, or as a new version when it differs from the
+    /// latest; an unchanged spec stores nothing. Task definitions get a new
+    /// version only when they changed.
+    async fn save_workflow(&self, project: ProjectId, spec: &WorkflowSpec) -> Result<SavedWorkflow>;
+    /// The given version, or the latest.
+    async fn workflow(&self, project: ProjectId, name: &str, version: Option<u32>) -> Result<Option<WorkflowDefinition>>;
+    async fn workflow_by_id(&self, id: WorkflowId, version: Option<u32>) -> Result<Option<WorkflowDefinition>>;
+    async fn workflow_versions(&self, id: WorkflowId) -> Result<Vec<WorkflowVersionInfo>>;
+    /// Workflows of a project; `query` matches (case-insensitively) part of
+    /// the name, the description or a task name.
+    async fn list_workflows(&self, project: ProjectId, query: Option<&str>) -> Result<Vec<WorkflowSummary>>;
+    /// Deletes the definition with its versions and schedule; runs stay.
+    async fn delete_workflow(&self, id: WorkflowId) -> Result<bool>;
+
+    // --- schedules
+    async fn set_schedule(&self, workflow: WorkflowId, spec: &ScheduleSpec) -> Result<Schedule>;
+    async fn schedule(&self, workflow: WorkflowId) -> Result<Option<Schedule>>;
+    async fn set_schedule_online(&self, workflow: WorkflowId, online: bool) -> Result<Schedule>;
+    async fn online_schedules(&self) -> Result<Vec<Schedule>>;
+
+    // --- commands
+    async fn insert_command(&self, command: &NewCommand) -> Result<CommandId>;
+    /// Inserts a command fired by `command.schedule_id` at
+    /// `command.schedule_time` and records that time as the schedule's last
+    /// fire, atomically. Returns `None` if that fire time already has a
+    /// command: whoever fires it, a time fires once.
+    async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>>;
+    /// Creates a workflow instance (state `submitted`, no owner) and the
+    /// command that starts it, in one transaction, so the API can return the
+    /// instance id before any master picked the command up.
+    async fn submit_run(&self, instance: &NewWorkflowInstance, command: &NewCommand) -> Result<(WorkflowInstanceId, CommandId)>;
+    /// Claims up to `limit` unclaimed commands for `owner`, oldest first.
+    /// Safe with several masters: each command is claimed exactly once.
+    /// Commands aimed at an instance owned by another master are left to it.
+    async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>>;
+    /// Removes a command once its effect is persisted.
+    async fn delete_command(&self, id: CommandId) -> Result<()>;
+    /// Returns the commands claimed by `owner` (a dead master) to the pool.
+    async fn release_commands(&self, owner: &str) -> Result<u64>;
+    async fn unclaimed_commands(&self) -> Result<Vec<Command>>;
+
+    // --- workflow instances
+    async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
+    async fn workflow_instance(&self, id: WorkflowInstanceId) -> Result<Option<WorkflowInstance>>;
+    async fn list_workflow_instances(&self, filter: &InstanceFilter) -> Result<Vec<WorkflowInstance>>;
+    /// Makes `owner` the owner and bumps the epoch: every write fenced with
+    /// an older epoch fails from now on.
+    async fn adopt_workflow_instance(&self, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance>;
+    async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance>;
+    /// Non-final instances owned by `owner`.
+    async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
+
+    // --- task instances
+    async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
+    async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance>;
+    async fn task_instance(&self, id: TaskInstanceId) -> Result<Option<TaskInstance>>;
+    async fn task_instances(&self, workflow_instance: WorkflowInstanceId) -> Result<Vec<TaskInstance>>;
+}
+
+/// How to connect: pool size and how long to wait for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub size: u32,
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { size: 10, connect_timeout: std::time::Duration::from_secs(10) }
+    }
+}
+
+impl PoolOptions {
+    pub fn sized(size: u32) -> Self {
+        PoolOptions { size, ..Default::default() }
+    }
+}
+
+/// Opens the database at `url` (`postgres://…`, `postgresql://…` or
+/// `sqlite://PATH`), applies pending migrations and returns the store.
+pub async fn open(url: &str, options: PoolOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(url, options).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(SqliteStore::open(path, options).await?))
+    } else {
+        Err(StoreError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "expected postgres://…, postgresql://… or sqlite://PATH".into(),
+        })
+    }
+}

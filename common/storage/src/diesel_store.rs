@@ -1,0 +1,940 @@
+//! The diesel implementation of [`Store`], written once and instantiated for
+//! PostgreSQL and SQLite by `store_impl!`. The two differ only in how rows
+//! are locked (PostgreSQL: `FOR UPDATE SKIP LOCKED` / `FOR SHARE`; SQLite:
+//! one writer at a time through `BEGIN IMMEDIATE`), which the macro takes as
+//! parameters.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use sluice_domain::*;
+
+use crate::error::StoreError;
+use crate::rows::*;
+use crate::schema::*;
+use crate::{Backend, PoolOptions, Result, SavedWorkflow, Store, WorkflowVersionInfo};
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/sqlite");
+
+/// A diesel-backed store over a pool of `C` connections.
+pub struct DieselStore<C: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<C>>,
+    _conn: PhantomData<fn() -> C>,
+}
+
+pub type PgStore = DieselStore<PgConnection>;
+pub type SqliteStore = DieselStore<SqliteConnection>;
+
+impl<C: R2D2Connection + 'static> DieselStore<C> {
+    /// Runs `f` with a pooled connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut C) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("storage task failed: {e}")))?
+    }
+}
+
+impl PgStore {
+    /// Connects to PostgreSQL and applies pending migrations.
+    pub async fn open(url: &str, options: PoolOptions) -> Result<PgStore> {
+        let url = url.to_owned();
+        let pool = tokio::task::spawn_blocking(move || -> Result<_> {
+            let pool = Pool::builder()
+                .max_size(options.size.max(1))
+                .connection_timeout(options.connect_timeout)
+                .build(ConnectionManager::<PgConnection>::new(&url))?;
+            let mut conn = pool.get()?;
+            conn.run_pending_migrations(PG_MIGRATIONS)
+                .map_err(|e| StoreError::Migration(e.to_string()))?;
+            Ok(pool)
+        })
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))??;
+        Ok(DieselStore { pool, _conn: PhantomData })
+    }
+}
+
+/// SQLite connection settings: WAL so readers never block the writer, a
+/// busy timeout so writers queue instead of failing, foreign keys on.
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> std::result::Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the SQLite database file at `path` and
+    /// applies pending migrations.
+    pub async fn open(path: &str, options: PoolOptions) -> Result<SqliteStore> {
+        if path.is_empty() || path == ":memory:" {
+            return Err(StoreError::InvalidUrl {
+                url: format!("sqlite://{path}"),
+                reason: "a database file path is required (an in-memory database cannot be shared by a pool)".into(),
+            });
+        }
+        let path = path.to_owned();
+        let pool = tokio::task::spawn_blocking(move || -> Result<_> {
+            if let Some(dir) = std::path::Path::new(&path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::InvalidUrl {
+                        url: format!("sqlite://{path}"),
+                        reason: format!("cannot create {}: {e}", dir.display()),
+                    })?;
+                }
+            }
+            let pool = Pool::builder()
+                .max_size(options.size.max(1))
+                .connection_timeout(options.connect_timeout)
+                .connection_customizer(Box::new(SqlitePragmas))
+                .build(ConnectionManager::<SqliteConnection>::new(&path))?;
+            let mut conn = pool.get()?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(|e| StoreError::Migration(e.to_string()))?;
+            Ok(pool)
+        })
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))??;
+        Ok(DieselStore { pool, _conn: PhantomData })
+    }
+}
+
+diesel::define_sql_function! {
+    /// SQL `lower()`, for case-insensitive search on both backends.
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// Escapes `%`, `_` and `\` so user text matches literally inside LIKE.
+fn like_pattern(query: &str) -> String {
+    let mut out = String::with_capacity(query.len() + 2);
+    out.push('%');
+    for c in query.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// States in which a workflow instance needs no owner to act on it.
+const AT_REST: [&str; 4] = ["success", "failure", "stopped", "paused"];
+const FINAL: [&str; 3] = ["success", "failure", "stopped"];
+
+/// Task-definition spec as stored: the spec without deps (edges are per
+/// workflow version).
+fn stored_task_spec(task: &TaskSpec) -> String {
+    json(&TaskSpec { deps: Vec::new(), ..task.clone() })
+}
+
+macro_rules! store_impl {
+    (
+        conn: $conn:ty,
+        backend: $backend:expr,
+        write_txn: $txn:ident,
+        claim_lock: [$($claim_lock:tt)*],
+        share_lock: [$($share_lock:tt)*] $(,)?
+    ) => {
+        type Conn = $conn;
+
+        /// Loads one version of a workflow definition with its tasks.
+        fn load_definition(c: &mut Conn, workflow: WorkflowRow, version: Option<u32>) -> Result<Option<WorkflowDefinition>> {
+            let version = version.map(|v| v as i32).unwrap_or(workflow.current_version);
+            let Some(v) = workflow_versions::table
+                .filter(workflow_versions::workflow_id.eq(workflow.id))
+                .filter(workflow_versions::version.eq(version))
+                .select(WorkflowVersionRow::as_select())
+                .first(c)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let project: String = projects::table.find(workflow.project_id).select(projects::name).first(c)?;
+            let tasks: Vec<TaskDefinitionRow> = task_definitions::table
+                .inner_join(workflow_version_tasks::table)
+                .filter(workflow_version_tasks::workflow_version_id.eq(v.id))
+                .order(task_definitions::name)
+                .select(TaskDefinitionRow::as_select())
+                .load(c)?;
+            let edges: Vec<(String, String)> = workflow_edges::table
+                .filter(workflow_edges::workflow_version_id.eq(v.id))
+                .select((workflow_edges::from_task, workflow_edges::to_task))
+                .order((workflow_edges::to_task, workflow_edges::from_task))
+                .load(c)?;
+            let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (from, to) in edges {
+                deps.entry(to).or_default().push(from);
+            }
+            let tasks = tasks
+                .into_iter()
+                .map(|t| {
+                    let d = deps.remove(&t.name).unwrap_or_default();
+                    t.into_domain(d)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Some(WorkflowDefinition {
+                id: WorkflowId(workflow.id),
+                project_id: ProjectId(workflow.project_id),
+                project,
+                version: v.version as u32,
+                name: workflow.name,
+                description: v.description,
+                params: from_json("workflow_versions.params", &v.params)?,
+                failure_strategy: parse("workflow_versions.failure_strategy", &v.failure_strategy)?,
+                priority: parse("workflow_versions.priority", &v.priority)?,
+                worker_group: parse("workflow_versions.worker_group", &v.worker_group)?,
+                tasks,
+                created_at: from_ms(v.created_at)?,
+            }))
+        }
+
+        /// Writes version `version` of `spec` for `workflow_id`, reusing the
+        /// task definitions in `reuse` (by name) and creating new versions of
+        /// the others.
+        fn insert_version(
+            c: &mut Conn,
+            workflow_id: i64,
+            version: i32,
+            spec: &WorkflowSpec,
+            reuse: &BTreeMap<String, i64>,
+            now: i64,
+        ) -> Result<()> {
+            let version_id: i64 = diesel::insert_into(workflow_versions::table)
+                .values((
+                    workflow_versions::workflow_id.eq(workflow_id),
+                    workflow_versions::version.eq(version),
+                    workflow_versions::description.eq(&spec.description),
+                    workflow_versions::params.eq(json(&spec.params)),
+                    workflow_versions::failure_strategy.eq(spec.failure_strategy.as_str()),
+                    workflow_versions::priority.eq(spec.priority.as_str()),
+                    workflow_versions::worker_group.eq(spec.worker_group.as_str()),
+                    workflow_versions::created_at.eq(now),
+                ))
+                .returning(workflow_versions::id)
+                .get_result(c)?;
+            for task in &spec.tasks {
+                let task_id = match reuse.get(&task.name) {
+                    Some(&id) => id,
+                    None => {
+                        let latest: Option<i32> = task_definitions::table
+                            .filter(task_definitions::workflow_id.eq(workflow_id))
+                            .filter(task_definitions::name.eq(&task.name))
+                            .select(diesel::dsl::max(task_definitions::version))
+                            .first(c)?;
+                        diesel::insert_into(task_definitions::table)
+                            .values((
+                                task_definitions::workflow_id.eq(workflow_id),
+                                task_definitions::name.eq(&task.name),
+                                task_definitions::version.eq(latest.unwrap_or(0) + 1),
+                                task_definitions::task_type.eq(task.task_type.as_str()),
+                                task_definitions::spec.eq(stored_task_spec(task)),
+                                task_definitions::created_at.eq(now),
+                            ))
+                            .returning(task_definitions::id)
+                            .get_result(c)?
+                    }
+                };
+                diesel::insert_into(workflow_version_tasks::table)
+                    .values((
+                        workflow_version_tasks::workflow_version_id.eq(version_id),
+                        workflow_version_tasks::task_definition_id.eq(task_id),
+                    ))
+                    .execute(c)?;
+                let mut deps = task.deps.clone();
+                deps.sort();
+                deps.dedup();
+                for dep in deps {
+                    diesel::insert_into(workflow_edges::table)
+                        .values((
+                            workflow_edges::workflow_version_id.eq(version_id),
+                            workflow_edges::from_task.eq(dep),
+                            workflow_edges::to_task.eq(&task.name),
+                        ))
+                        .execute(c)?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Checks that `fence` is still current, holding a share lock on the
+        /// instance row until the transaction ends so that no adoption can
+        /// slip in between the check and the write.
+        fn check_fence(c: &mut Conn, fence: Fence) -> Result<()> {
+            let current: Option<i64> = workflow_instances::table
+                .find(fence.workflow_instance_id.get())
+                .select(workflow_instances::owner_epoch)
+                $($share_lock)*
+                .first(c)
+                .optional()?;
+            match current {
+                None => Err(StoreError::NotFound(format!("workflow instance {}", fence.workflow_instance_id))),
+                Some(epoch) if epoch == fence.epoch => Ok(()),
+                Some(current) => Err(StoreError::Fenced {
+                    workflow_instance_id: fence.workflow_instance_id,
+                    presented: fence.epoch,
+                    current,
+                }),
+            }
+        }
+
+        fn insert_instance(c: &mut Conn, new: &NewWorkflowInstance, now: i64) -> Result<WorkflowInstanceRow> {
+            let (project_id, name): (i64, String) = workflows::table
+                .find(new.workflow_id.get())
+                .select((workflows::project_id, workflows::name))
+                .first(c)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("workflow {}", new.workflow_id)))?;
+            Ok(diesel::insert_into(workflow_instances::table)
+                .values(NewWorkflowInstanceRow::new(new, project_id, name, now))
+                .returning(WorkflowInstanceRow::as_returning())
+                .get_result(c)?)
+        }
+
+        #[async_trait]
+        impl Store for DieselStore<Conn> {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn create_project(&self, name: &str, description: &str, params: &Params) -> Result<Project> {
+                let (name, description, params) = (name.to_owned(), description.to_owned(), json(params));
+                self.run(move |c: &mut Conn| {
+                    let now = now_ms();
+                    let row = diesel::insert_into(projects::table)
+                        .values((
+                            projects::name.eq(&name),
+                            projects::description.eq(&description),
+                            projects::params.eq(&params),
+                            projects::created_at.eq(now),
+                            projects::updated_at.eq(now),
+                        ))
+                        .returning(ProjectRow::as_returning())
+                        .get_result(c)
+                        .map_err(|e| match StoreError::from(e) {
+                            StoreError::Conflict(_) => StoreError::Conflict(format!("project `{name}` already exists")),
+                            other => other,
+                        })?;
+                    row.into_domain()
+                })
+                .await
+            }
+
+            async fn project(&self, name: &str) -> Result<Option<Project>> {
+                let name = name.to_owned();
+                self.run(move |c: &mut Conn| {
+                    projects::table
+                        .filter(projects::name.eq(&name))
+                        .select(ProjectRow::as_select())
+                        .first(c)
+                        .optional()?
+                        .map(ProjectRow::into_domain)
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn project_by_id(&self, id: ProjectId) -> Result<Option<Project>> {
+                self.run(move |c: &mut Conn| {
+                    projects::table
+                        .find(id.get())
+                        .select(ProjectRow::as_select())
+                        .first(c)
+                        .optional()?
+                        .map(ProjectRow::into_domain)
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn list_projects(&self) -> Result<Vec<Project>> {
+                self.run(move |c: &mut Conn| {
+                    projects::table
+                        .order(projects::name)
+                        .select(ProjectRow::as_select())
+                        .load(c)?
+                        .into_iter()
+                        .map(ProjectRow::into_domain)
+                        .collect()
+                })
+                .await
+            }
+
+            async fn save_workflow(&self, project: ProjectId, spec: &WorkflowSpec) -> Result<SavedWorkflow> {
+                let spec = spec.normalized();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let now = now_ms();
+                        let existing = workflows::table
+                            .filter(workflows::project_id.eq(project.get()))
+                            .filter(workflows::name.eq(&spec.name))
+                            .select(WorkflowRow::as_select())
+                            .first(c)
+                            .optional()?;
+                        let Some(workflow) = existing else {
+                            projects::table.find(project.get()).select(projects::id).first::<i64>(c)
+                                .optional()?
+                                .ok_or_else(|| StoreError::NotFound(format!("project {project}")))?;
+                            let id: i64 = diesel::insert_into(workflows::table)
+                                .values((
+                                    workflows::project_id.eq(project.get()),
+                                    workflows::name.eq(&spec.name),
+                                    workflows::description.eq(&spec.description),
+                                    workflows::current_version.eq(1),
+                                    workflows::created_at.eq(now),
+                                    workflows::updated_at.eq(now),
+                                ))
+                                .returning(workflows::id)
+                                .get_result(c)?;
+                            insert_version(c, id, 1, &spec, &BTreeMap::new(), now)?;
+                            return Ok(SavedWorkflow { id: WorkflowId(id), version: 1, created: true });
+                        };
+                        let (id, current) = (workflow.id, workflow.current_version);
+                        let latest = load_definition(c, workflow, None)?
+                            .ok_or_else(|| StoreError::corrupt(format!("workflow {id} has no version {current}")))?;
+                        if latest.spec() == spec {
+                            return Ok(SavedWorkflow { id: WorkflowId(id), version: current as u32, created: false });
+                        }
+                        let reuse: BTreeMap<String, i64> = spec
+                            .tasks
+                            .iter()
+                            .filter_map(|task| {
+                                let old = latest.task(&task.name)?;
+                                old.spec.same_definition(task).then(|| (task.name.clone(), old.id.get()))
+                            })
+                            .collect();
+                        let version = current + 1;
+                        insert_version(c, id, version, &spec, &reuse, now)?;
+                        diesel::update(workflows::table.find(id))
+                            .set((
+                                workflows::current_version.eq(version),
+                                workflows::description.eq(&spec.description),
+                                workflows::updated_at.eq(now),
+                            ))
+                            .execute(c)?;
+                        Ok(SavedWorkflow { id: WorkflowId(id), version: version as u32, created: true })
+                    })
+                })
+                .await
+            }
+
+            async fn workflow(&self, project: ProjectId, name: &str, version: Option<u32>) -> Result<Option<WorkflowDefinition>> {
+                let name = name.to_owned();
+                self.run(move |c: &mut Conn| {
+                    let Some(workflow) = workflows::table
+                        .filter(workflows::project_id.eq(project.get()))
+                        .filter(workflows::name.eq(&name))
+                        .select(WorkflowRow::as_select())
+                        .first(c)
+                        .optional()?
+                    else {
+                        return Ok(None);
+                    };
+                    load_definition(c, workflow, version)
+                })
+                .await
+            }
+
+            async fn workflow_by_id(&self, id: WorkflowId, version: Option<u32>) -> Result<Option<WorkflowDefinition>> {
+                self.run(move |c: &mut Conn| {
+                    let Some(workflow) = workflows::table
+                        .find(id.get())
+                        .select(WorkflowRow::as_select())
+                        .first(c)
+                        .optional()?
+                    else {
+                        return Ok(None);
+                    };
+                    load_definition(c, workflow, version)
+                })
+                .await
+            }
+
+            async fn workflow_versions(&self, id: WorkflowId) -> Result<Vec<WorkflowVersionInfo>> {
+                self.run(move |c: &mut Conn| {
+                    let rows: Vec<(i32, String, i64)> = workflow_versions::table
+                        .filter(workflow_versions::workflow_id.eq(id.get()))
+                        .order(workflow_versions::version.desc())
+                        .select((workflow_versions::version, workflow_versions::description, workflow_versions::created_at))
+                        .load(c)?;
+                    rows.into_iter()
+                        .map(|(version, description, created_at)| {
+                            Ok(WorkflowVersionInfo { version: version as u32, description, created_at: from_ms(created_at)? })
+                        })
+                        .collect()
+                })
+                .await
+            }
+
+            async fn list_workflows(&self, project: ProjectId, query: Option<&str>) -> Result<Vec<WorkflowSummary>> {
+                let pattern = query.map(str::trim).filter(|q| !q.is_empty()).map(like_pattern);
+                self.run(move |c: &mut Conn| {
+                    let mut q = workflows::table
+                        .filter(workflows::project_id.eq(project.get()))
+                        .select(WorkflowRow::as_select())
+                        .order(workflows::name)
+                        .into_boxed();
+                    if let Some(p) = pattern {
+                        let by_task = task_definitions::table
+                            .filter(lower(task_definitions::name).like(p.clone()).escape('\\'))
+                            .select(task_definitions::workflow_id);
+                        q = q.filter(
+                            lower(workflows::name).like(p.clone()).escape('\\')
+                                .or(lower(workflows::description).like(p).escape('\\'))
+                                .or(workflows::id.eq_any(by_task)),
+                        );
+                    }
+                    q.load(c)?.into_iter().map(WorkflowRow::into_summary).collect()
+                })
+                .await
+            }
+
+            async fn delete_workflow(&self, id: WorkflowId) -> Result<bool> {
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        // Children first: cascades are declared, but SQLite
+                        // enforces them only with foreign_keys on, and an
+                        // explicit order keeps both backends identical.
+                        let versions = workflow_versions::table
+                            .filter(workflow_versions::workflow_id.eq(id.get()))
+                            .select(workflow_versions::id);
+                        diesel::delete(workflow_edges::table.filter(workflow_edges::workflow_version_id.eq_any(versions)))
+                            .execute(c)?;
+                        let versions = workflow_versions::table
+                            .filter(workflow_versions::workflow_id.eq(id.get()))
+                            .select(workflow_versions::id);
+                        diesel::delete(workflow_version_tasks::table.filter(workflow_version_tasks::workflow_version_id.eq_any(versions)))
+                            .execute(c)?;
+                        diesel::delete(workflow_versions::table.filter(workflow_versions::workflow_id.eq(id.get()))).execute(c)?;
+                        diesel::delete(task_definitions::table.filter(task_definitions::workflow_id.eq(id.get()))).execute(c)?;
+                        diesel::delete(schedules::table.filter(schedules::workflow_id.eq(id.get()))).execute(c)?;
+                        diesel::delete(commands::table.filter(commands::workflow_id.eq(id.get())).filter(commands::owner.is_null()))
+                            .execute(c)?;
+                        Ok(diesel::delete(workflows::table.find(id.get())).execute(c)? > 0)
+                    })
+                })
+                .await
+            }
+
+            async fn set_schedule(&self, workflow: WorkflowId, spec: &ScheduleSpec) -> Result<Schedule> {
+                let spec = spec.clone();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let now = now_ms();
+                        let (kind, cron, timezone, interval_ms, repeat_times) = trigger_columns(&spec.trigger);
+                        let values = (
+                            schedules::trigger_kind.eq(kind),
+                            schedules::cron.eq(cron),
+                            schedules::timezone.eq(timezone),
+                            schedules::interval_ms.eq(interval_ms),
+                            schedules::repeat_times.eq(repeat_times),
+                            schedules::start_at.eq(spec.start.map(ms)),
+                            schedules::end_at.eq(spec.end.map(ms)),
+                            schedules::misfire.eq(spec.misfire.as_str()),
+                            schedules::updated_at.eq(now),
+                        );
+                        let updated = diesel::update(schedules::table.filter(schedules::workflow_id.eq(workflow.get())))
+                            .set(values.clone())
+                            .returning(ScheduleRow::as_returning())
+                            .get_result(c)
+                            .optional()?;
+                        let row = match updated {
+                            Some(row) => row,
+                            None => diesel::insert_into(schedules::table)
+                                .values((
+                                    values,
+                                    schedules::workflow_id.eq(workflow.get()),
+                                    schedules::online.eq(false),
+                                    schedules::created_at.eq(now),
+                                ))
+                                .returning(ScheduleRow::as_returning())
+                                .get_result(c)?,
+                        };
+                        row.into_domain()
+                    })
+                })
+                .await
+            }
+
+            async fn schedule(&self, workflow: WorkflowId) -> Result<Option<Schedule>> {
+                self.run(move |c: &mut Conn| {
+                    schedules::table
+                        .filter(schedules::workflow_id.eq(workflow.get()))
+                        .select(ScheduleRow::as_select())
+                        .first(c)
+                        .optional()?
+                        .map(ScheduleRow::into_domain)
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn set_schedule_online(&self, workflow: WorkflowId, online: bool) -> Result<Schedule> {
+                self.run(move |c: &mut Conn| {
+                    diesel::update(schedules::table.filter(schedules::workflow_id.eq(workflow.get())))
+                        .set((schedules::online.eq(online), schedules::updated_at.eq(now_ms())))
+                        .returning(ScheduleRow::as_returning())
+                        .get_result(c)
+                        .optional()?
+                        .ok_or_else(|| StoreError::NotFound(format!("schedule of workflow {workflow}")))?
+                        .into_domain()
+                })
+                .await
+            }
+
+            async fn online_schedules(&self) -> Result<Vec<Schedule>> {
+                self.run(move |c: &mut Conn| {
+                    schedules::table
+                        .filter(schedules::online.eq(true))
+                        .order(schedules::id)
+                        .select(ScheduleRow::as_select())
+                        .load(c)?
+                        .into_iter()
+                        .map(ScheduleRow::into_domain)
+                        .collect()
+                })
+                .await
+            }
+
+            async fn insert_command(&self, command: &NewCommand) -> Result<CommandId> {
+                let row = NewCommandRow::new(command, now_ms());
+                self.run(move |c: &mut Conn| {
+                    let id: i64 = diesel::insert_into(commands::table).values(&row).returning(commands::id).get_result(c)?;
+                    Ok(CommandId(id))
+                })
+                .await
+            }
+
+            async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>> {
+                let (Some(schedule), Some(fire)) = (command.schedule_id, command.schedule_time) else {
+                    return Err(StoreError::Conflict("a scheduled command needs schedule_id and schedule_time".into()));
+                };
+                let row = NewCommandRow::new(command, now_ms());
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let inserted: Option<i64> = diesel::insert_into(commands::table)
+                            .values(&row)
+                            .on_conflict((commands::schedule_id, commands::schedule_time))
+                            .do_nothing()
+                            .returning(commands::id)
+                            .get_result(c)
+                            .optional()?;
+                        if inserted.is_some() {
+                            diesel::update(schedules::table.find(schedule.get()))
+                                .filter(schedules::last_fire.is_null().or(schedules::last_fire.lt(ms(fire))))
+                                .set(schedules::last_fire.eq(ms(fire)))
+                                .execute(c)?;
+                        }
+                        Ok(inserted.map(CommandId))
+                    })
+                })
+                .await
+            }
+
+            async fn submit_run(&self, instance: &NewWorkflowInstance, command: &NewCommand) -> Result<(WorkflowInstanceId, CommandId)> {
+                let (instance, command) = (instance.clone(), command.clone());
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let now = now_ms();
+                        let wi = insert_instance(c, &instance, now)?;
+                        let mut row = NewCommandRow::new(&command, now);
+                        row.workflow_instance_id = Some(wi.id);
+                        let id: i64 = diesel::insert_into(commands::table).values(&row).returning(commands::id).get_result(c)?;
+                        Ok((WorkflowInstanceId(wi.id), CommandId(id)))
+                    })
+                })
+                .await
+            }
+
+            async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>> {
+                let owner = owner.to_owned();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        // Commands aimed at an instance go to its owner; an
+                        // instance at rest or without owner can be taken by
+                        // anyone.
+                        let open_instances = workflow_instances::table
+                            .filter(
+                                workflow_instances::owner.is_null()
+                                    .or(workflow_instances::owner.eq(&owner))
+                                    .or(workflow_instances::state.eq_any(AT_REST)),
+                            )
+                            .select(workflow_instances::id.nullable());
+                        let ids: Vec<i64> = commands::table
+                            .filter(commands::owner.is_null())
+                            .filter(commands::workflow_instance_id.is_null().or(commands::workflow_instance_id.eq_any(open_instances)))
+                            .order(commands::id)
+                            .limit(limit as i64)
+                            .select(commands::id)
+                            $($claim_lock)*
+                            .load(c)?;
+                        if ids.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        let mut rows: Vec<CommandRow> = diesel::update(commands::table.filter(commands::id.eq_any(&ids)))
+                            .set((commands::owner.eq(&owner), commands::claimed_at.eq(now_ms())))
+                            .returning(CommandRow::as_returning())
+                            .get_results(c)?;
+                        rows.sort_by_key(|r| r.id);
+                        rows.into_iter().map(CommandRow::into_domain).collect()
+                    })
+                })
+                .await
+            }
+
+            async fn delete_command(&self, id: CommandId) -> Result<()> {
+                self.run(move |c: &mut Conn| {
+                    diesel::delete(commands::table.find(id.get())).execute(c)?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn release_commands(&self, owner: &str) -> Result<u64> {
+                let owner = owner.to_owned();
+                self.run(move |c: &mut Conn| {
+                    let n = diesel::update(commands::table.filter(commands::owner.eq(&owner)))
+                        .set((commands::owner.eq(None::<String>), commands::claimed_at.eq(None::<i64>)))
+                        .execute(c)?;
+                    Ok(n as u64)
+                })
+                .await
+            }
+
+            async fn unclaimed_commands(&self) -> Result<Vec<Command>> {
+                self.run(move |c: &mut Conn| {
+                    commands::table
+                        .filter(commands::owner.is_null())
+                        .order(commands::id)
+                        .select(CommandRow::as_select())
+                        .load(c)?
+                        .into_iter()
+                        .map(CommandRow::into_domain)
+                        .collect()
+                })
+                .await
+            }
+
+            async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance> {
+                let new = new.clone();
+                self.run(move |c: &mut Conn| insert_instance(c, &new, now_ms())?.into_domain()).await
+            }
+
+            async fn workflow_instance(&self, id: WorkflowInstanceId) -> Result<Option<WorkflowInstance>> {
+                self.run(move |c: &mut Conn| {
+                    workflow_instances::table
+                        .find(id.get())
+                        .select(WorkflowInstanceRow::as_select())
+                        .first(c)
+                        .optional()?
+                        .map(WorkflowInstanceRow::into_domain)
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn list_workflow_instances(&self, filter: &InstanceFilter) -> Result<Vec<WorkflowInstance>> {
+                let filter = filter.clone();
+                self.run(move |c: &mut Conn| {
+                    let mut q = workflow_instances::table
+                        .select(WorkflowInstanceRow::as_select())
+                        .order(workflow_instances::id.desc())
+                        .limit(filter.limit.clamp(1, 1000) as i64)
+                        .into_boxed();
+                    if let Some(p) = filter.project_id {
+                        q = q.filter(workflow_instances::project_id.eq(p.get()));
+                    }
+                    if let Some(w) = filter.workflow_id {
+                        q = q.filter(workflow_instances::workflow_id.eq(w.get()));
+                    }
+                    if let Some(s) = filter.state {
+                        q = q.filter(workflow_instances::state.eq(s.as_str()));
+                    }
+                    if let Some(b) = filter.before {
+                        q = q.filter(workflow_instances::id.lt(b.get()));
+                    }
+                    q.load(c)?.into_iter().map(WorkflowInstanceRow::into_domain).collect()
+                })
+                .await
+            }
+
+            async fn adopt_workflow_instance(&self, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance> {
+                let owner = owner.to_owned();
+                self.run(move |c: &mut Conn| {
+                    diesel::update(workflow_instances::table.find(id.get()))
+                        .set((
+                            workflow_instances::owner.eq(&owner),
+                            workflow_instances::owner_epoch.eq(workflow_instances::owner_epoch + 1),
+                            workflow_instances::updated_at.eq(now_ms()),
+                        ))
+                        .returning(WorkflowInstanceRow::as_returning())
+                        .get_result(c)
+                        .optional()?
+                        .ok_or_else(|| StoreError::NotFound(format!("workflow instance {id}")))?
+                        .into_domain()
+                })
+                .await
+            }
+
+            async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance> {
+                let changes = WorkflowChangeset::new(update, now_ms());
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let id = fence.workflow_instance_id.get();
+                        let updated = diesel::update(workflow_instances::table.find(id))
+                            .filter(workflow_instances::owner_epoch.eq(fence.epoch))
+                            .set(&changes)
+                            .returning(WorkflowInstanceRow::as_returning())
+                            .get_result(c)
+                            .optional()?;
+                        match updated {
+                            Some(row) => row.into_domain(),
+                            // Tells a vanished row from a stale fence.
+                            None => match check_fence(c, fence) {
+                                Err(e) => Err(e),
+                                Ok(()) => Err(StoreError::Database(format!("workflow instance {id} changed during update"))),
+                            },
+                        }
+                    })
+                })
+                .await
+            }
+
+            async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>> {
+                let owner = owner.to_owned();
+                self.run(move |c: &mut Conn| {
+                    workflow_instances::table
+                        .filter(workflow_instances::owner.eq(&owner))
+                        .filter(workflow_instances::state.ne_all(FINAL))
+                        .order(workflow_instances::id)
+                        .select(WorkflowInstanceRow::as_select())
+                        .load(c)?
+                        .into_iter()
+                        .map(WorkflowInstanceRow::into_domain)
+                        .collect()
+                })
+                .await
+            }
+
+            async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
+                if let Some(stray) = new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
+                    return Err(StoreError::Conflict(format!(
+                        "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
+                        stray.name, stray.workflow_instance_id, fence.workflow_instance_id
+                    )));
+                }
+                let new = new.to_vec();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        check_fence(c, fence)?;
+                        let now = now_ms();
+                        new.iter()
+                            .map(|n| {
+                                diesel::insert_into(task_instances::table)
+                                    .values(NewTaskInstanceRow::new(n, now))
+                                    .returning(TaskInstanceRow::as_returning())
+                                    .get_result(c)?
+                                    .into_domain()
+                            })
+                            .collect()
+                    })
+                })
+                .await
+            }
+
+            async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance> {
+                let changes = TaskChangeset::new(update, now_ms());
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        check_fence(c, fence)?;
+                        diesel::update(task_instances::table.find(id.get()))
+                            .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                            .set(&changes)
+                            .returning(TaskInstanceRow::as_returning())
+                            .get_result(c)
+                            .optional()?
+                            .ok_or_else(|| StoreError::NotFound(format!(
+                                "task instance {id} of workflow instance {}", fence.workflow_instance_id
+                            )))?
+                            .into_domain()
+                    })
+                })
+                .await
+            }
+
+            async fn task_instance(&self, id: TaskInstanceId) -> Result<Option<TaskInstance>> {
+                self.run(move |c: &mut Conn| {
+                    task_instances::table
+                        .find(id.get())
+                        .select(TaskInstanceRow::as_select())
+                        .first(c)
+                        .optional()?
+                        .map(TaskInstanceRow::into_domain)
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn task_instances(&self, workflow_instance: WorkflowInstanceId) -> Result<Vec<TaskInstance>> {
+                self.run(move |c: &mut Conn| {
+                    task_instances::table
+                        .filter(task_instances::workflow_instance_id.eq(workflow_instance.get()))
+                        .order(task_instances::id)
+                        .select(TaskInstanceRow::as_select())
+                        .load(c)?
+                        .into_iter()
+                        .map(TaskInstanceRow::into_domain)
+                        .collect()
+                })
+                .await
+            }
+        }
+    };
+}
+
+mod pg {
+    use super::*;
+
+    store_impl! {
+        conn: PgConnection,
+        backend: Backend::Postgres,
+        write_txn: transaction,
+        claim_lock: [.for_update().skip_locked()],
+        share_lock: [.for_share()],
+    }
+}
+
+mod sqlite {
+    use super::*;
+
+    // SQLite has no row locks: `BEGIN IMMEDIATE` takes the database's write
+    // lock up front, which serializes writers (and avoids the deadlock of
+    // two readers upgrading to writers at once).
+    store_impl! {
+        conn: SqliteConnection,
+        backend: Backend::Sqlite,
+        write_txn: immediate_transaction,
+        claim_lock: [],
+        share_lock: [],
+    }
+}

@@ -1,0 +1,536 @@
+//! Diesel row structs, private to the storage layer, and their conversion to
+//! and from domain types. Instants are stored as milliseconds since the epoch,
+//! enums by their wire names, maps and lists as JSON text.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use diesel::prelude::*;
+use sluice_domain::*;
+
+use crate::error::StoreError;
+use crate::schema::*;
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> Result<Timestamp, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::corrupt(format!("timestamp {ms} out of range")))
+}
+
+fn opt_ms(ms: Option<i64>) -> Result<Option<Timestamp>, StoreError> {
+    ms.map(from_ms).transpose()
+}
+
+pub(crate) fn now_ms() -> i64 {
+    ms(Utc::now())
+}
+
+pub(crate) fn parse<T: FromStr>(column: &str, raw: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.parse().map_err(|e| StoreError::corrupt(format!("{column}: {e}")))
+}
+
+fn parse_opt<T: FromStr>(column: &str, raw: Option<String>) -> Result<Option<T>, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.map(|r| parse(column, &r)).transpose()
+}
+
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain values serialize to JSON")
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(column: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::corrupt(format!("{column}: {e}")))
+}
+
+fn u32_of(column: &str, v: i32) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::corrupt(format!("{column}: negative value {v}")))
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = projects)]
+pub(crate) struct ProjectRow {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub params: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ProjectRow {
+    pub fn into_domain(self) -> Result<Project, StoreError> {
+        Ok(Project {
+            id: ProjectId(self.id),
+            name: self.name,
+            description: self.description,
+            params: from_json("projects.params", &self.params)?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = workflows)]
+pub(crate) struct WorkflowRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    pub description: String,
+    pub current_version: i32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl WorkflowRow {
+    pub fn into_summary(self) -> Result<WorkflowSummary, StoreError> {
+        Ok(WorkflowSummary {
+            id: WorkflowId(self.id),
+            project_id: ProjectId(self.project_id),
+            name: self.name,
+            description: self.description,
+            version: u32_of("workflows.current_version", self.current_version)?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = workflow_versions)]
+pub(crate) struct WorkflowVersionRow {
+    pub id: i64,
+    pub version: i32,
+    pub description: String,
+    pub params: String,
+    pub failure_strategy: String,
+    pub priority: String,
+    pub worker_group: String,
+    pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = task_definitions)]
+pub(crate) struct TaskDefinitionRow {
+    pub id: i64,
+    pub name: String,
+    pub version: i32,
+    pub spec: String,
+    pub created_at: i64,
+}
+
+impl TaskDefinitionRow {
+    /// The stored spec; `deps` come from the workflow version's edges.
+    pub fn into_domain(self, deps: Vec<String>) -> Result<TaskDefinition, StoreError> {
+        let mut spec: TaskSpec = from_json("task_definitions.spec", &self.spec)?;
+        spec.deps = deps;
+        Ok(TaskDefinition {
+            id: TaskDefinitionId(self.id),
+            version: u32_of("task_definitions.version", self.version)?,
+            spec,
+            created_at: from_ms(self.created_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = schedules)]
+pub(crate) struct ScheduleRow {
+    pub id: i64,
+    pub workflow_id: i64,
+    pub trigger_kind: String,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub interval_ms: Option<i64>,
+    pub repeat_times: Option<i32>,
+    pub start_at: Option<i64>,
+    pub end_at: Option<i64>,
+    pub misfire: String,
+    pub online: bool,
+    pub last_fire: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The trigger's columns: (kind, cron, timezone, interval_ms, repeat_times).
+pub(crate) fn trigger_columns(
+    trigger: &Trigger,
+) -> (&'static str, Option<String>, Option<String>, Option<i64>, Option<i32>) {
+    match trigger {
+        Trigger::Cron { expression, timezone } => {
+            ("cron", Some(expression.clone()), Some(timezone.clone()), None, None)
+        }
+        Trigger::Interval { every, times } => (
+            "interval",
+            None,
+            None,
+            Some(every.as_millis() as i64),
+            times.map(|t| t as i32),
+        ),
+    }
+}
+
+impl ScheduleRow {
+    pub fn into_domain(self) -> Result<Schedule, StoreError> {
+        let trigger = match self.trigger_kind.as_str() {
+            "cron" => Trigger::Cron {
+                expression: self.cron.ok_or_else(|| StoreError::corrupt("schedules.cron is null"))?,
+                timezone: self.timezone.ok_or_else(|| StoreError::corrupt("schedules.timezone is null"))?,
+            },
+            "interval" => Trigger::Interval {
+                every: Duration::from_millis(
+                    self.interval_ms
+                        .ok_or_else(|| StoreError::corrupt("schedules.interval_ms is null"))?
+                        .max(0) as u64,
+                ),
+                times: self.repeat_times.map(|t| t.max(0) as u32),
+            },
+            other => return Err(StoreError::corrupt(format!("schedules.trigger_kind: `{other}`"))),
+        };
+        Ok(Schedule {
+            id: ScheduleId(self.id),
+            workflow_id: WorkflowId(self.workflow_id),
+            trigger,
+            start: opt_ms(self.start_at)?,
+            end: opt_ms(self.end_at)?,
+            misfire: parse("schedules.misfire", &self.misfire)?,
+            online: self.online,
+            last_fire: opt_ms(self.last_fire)?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = commands)]
+pub(crate) struct CommandRow {
+    pub id: i64,
+    pub kind: String,
+    pub workflow_id: i64,
+    pub workflow_version: Option<i32>,
+    pub workflow_instance_id: Option<i64>,
+    pub params: String,
+    pub priority: Option<String>,
+    pub worker_group: Option<String>,
+    pub failure_strategy: Option<String>,
+    pub start_tasks: String,
+    pub scope: Option<String>,
+    pub schedule_id: Option<i64>,
+    pub schedule_time: Option<i64>,
+    pub owner: Option<String>,
+    pub claimed_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = commands)]
+pub(crate) struct NewCommandRow {
+    pub kind: String,
+    pub workflow_id: i64,
+    pub workflow_version: Option<i32>,
+    pub workflow_instance_id: Option<i64>,
+    pub params: String,
+    pub priority: Option<String>,
+    pub worker_group: Option<String>,
+    pub failure_strategy: Option<String>,
+    pub start_tasks: String,
+    pub scope: Option<String>,
+    pub schedule_id: Option<i64>,
+    pub schedule_time: Option<i64>,
+    pub created_at: i64,
+}
+
+impl NewCommandRow {
+    pub fn new(c: &NewCommand, now: i64) -> Self {
+        NewCommandRow {
+            kind: c.kind.to_string(),
+            workflow_id: c.workflow_id.get(),
+            workflow_version: c.workflow_version.map(|v| v as i32),
+            workflow_instance_id: c.workflow_instance_id.map(|i| i.get()),
+            params: json(&c.params),
+            priority: c.priority.map(|p| p.to_string()),
+            worker_group: c.worker_group.as_ref().map(|g| g.to_string()),
+            failure_strategy: c.failure_strategy.map(|f| f.to_string()),
+            start_tasks: json(&c.start_tasks),
+            scope: c.scope.map(|s| s.to_string()),
+            schedule_id: c.schedule_id.map(|s| s.get()),
+            schedule_time: c.schedule_time.map(ms),
+            created_at: now,
+        }
+    }
+}
+
+impl CommandRow {
+    pub fn into_domain(self) -> Result<Command, StoreError> {
+        Ok(Command {
+            id: CommandId(self.id),
+            spec: NewCommand {
+                kind: parse("commands.kind", &self.kind)?,
+                workflow_id: WorkflowId(self.workflow_id),
+                workflow_version: self
+                    .workflow_version
+                    .map(|v| u32_of("commands.workflow_version", v))
+                    .transpose()?,
+                workflow_instance_id: self.workflow_instance_id.map(WorkflowInstanceId),
+                params: from_json("commands.params", &self.params)?,
+                priority: parse_opt("commands.priority", self.priority)?,
+                worker_group: parse_opt("commands.worker_group", self.worker_group)?,
+                failure_strategy: parse_opt("commands.failure_strategy", self.failure_strategy)?,
+                start_tasks: from_json("commands.start_tasks", &self.start_tasks)?,
+                scope: parse_opt("commands.scope", self.scope)?,
+                schedule_id: self.schedule_id.map(ScheduleId),
+                schedule_time: opt_ms(self.schedule_time)?,
+            },
+            owner: self.owner,
+            claimed_at: opt_ms(self.claimed_at)?,
+            created_at: from_ms(self.created_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = workflow_instances)]
+pub(crate) struct WorkflowInstanceRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub workflow_id: i64,
+    pub workflow_version: i32,
+    pub workflow_name: String,
+    pub state: String,
+    pub command_kind: String,
+    pub params: String,
+    pub priority: String,
+    pub worker_group: String,
+    pub failure_strategy: String,
+    pub schedule_time: Option<i64>,
+    pub owner: Option<String>,
+    pub owner_epoch: i64,
+    pub run: i32,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = workflow_instances)]
+pub(crate) struct NewWorkflowInstanceRow {
+    pub project_id: i64,
+    pub workflow_id: i64,
+    pub workflow_version: i32,
+    pub workflow_name: String,
+    pub state: String,
+    pub command_kind: String,
+    pub params: String,
+    pub priority: String,
+    pub worker_group: String,
+    pub failure_strategy: String,
+    pub schedule_time: Option<i64>,
+    pub owner: Option<String>,
+    pub owner_epoch: i64,
+    pub run: i32,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl NewWorkflowInstanceRow {
+    pub fn new(n: &NewWorkflowInstance, project_id: i64, workflow_name: String, now: i64) -> Self {
+        NewWorkflowInstanceRow {
+            project_id,
+            workflow_id: n.workflow_id.get(),
+            workflow_version: n.workflow_version as i32,
+            workflow_name,
+            state: WorkflowState::Submitted.to_string(),
+            command_kind: n.command_kind.to_string(),
+            params: json(&n.params),
+            priority: n.priority.to_string(),
+            worker_group: n.worker_group.to_string(),
+            failure_strategy: n.failure_strategy.to_string(),
+            schedule_time: n.schedule_time.map(ms),
+            owner: n.owner.clone(),
+            owner_epoch: 1,
+            run: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+impl WorkflowInstanceRow {
+    pub fn into_domain(self) -> Result<WorkflowInstance, StoreError> {
+        Ok(WorkflowInstance {
+            id: WorkflowInstanceId(self.id),
+            project_id: ProjectId(self.project_id),
+            workflow_id: WorkflowId(self.workflow_id),
+            workflow_version: u32_of("workflow_instances.workflow_version", self.workflow_version)?,
+            workflow_name: self.workflow_name,
+            state: parse("workflow_instances.state", &self.state)?,
+            command_kind: parse("workflow_instances.command_kind", &self.command_kind)?,
+            params: from_json("workflow_instances.params", &self.params)?,
+            priority: parse("workflow_instances.priority", &self.priority)?,
+            worker_group: parse("workflow_instances.worker_group", &self.worker_group)?,
+            failure_strategy: parse("workflow_instances.failure_strategy", &self.failure_strategy)?,
+            schedule_time: opt_ms(self.schedule_time)?,
+            owner: self.owner,
+            owner_epoch: self.owner_epoch,
+            run: u32_of("workflow_instances.run", self.run)?,
+            start_time: opt_ms(self.start_time)?,
+            end_time: opt_ms(self.end_time)?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = task_instances)]
+pub(crate) struct TaskInstanceRow {
+    pub id: i64,
+    pub workflow_instance_id: i64,
+    pub task_definition_id: i64,
+    pub name: String,
+    pub task_type: String,
+    pub state: String,
+    pub attempt: i32,
+    pub max_retries: i32,
+    pub failovers: i32,
+    pub priority: String,
+    pub worker_group: String,
+    pub host: Option<String>,
+    pub exit_code: Option<i32>,
+    pub retry_at: Option<i64>,
+    pub log_path: Option<String>,
+    pub submit_time: i64,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub updated_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = task_instances)]
+pub(crate) struct NewTaskInstanceRow {
+    pub workflow_instance_id: i64,
+    pub task_definition_id: i64,
+    pub name: String,
+    pub task_type: String,
+    pub state: String,
+    pub attempt: i32,
+    pub max_retries: i32,
+    pub failovers: i32,
+    pub priority: String,
+    pub worker_group: String,
+    pub submit_time: i64,
+    pub updated_at: i64,
+}
+
+impl NewTaskInstanceRow {
+    pub fn new(n: &NewTaskInstance, now: i64) -> Self {
+        NewTaskInstanceRow {
+            workflow_instance_id: n.workflow_instance_id.get(),
+            task_definition_id: n.task_definition_id.get(),
+            name: n.name.clone(),
+            task_type: n.task_type.to_string(),
+            state: TaskState::Submitted.to_string(),
+            attempt: 1,
+            max_retries: n.max_retries as i32,
+            failovers: 0,
+            priority: n.priority.to_string(),
+            worker_group: n.worker_group.to_string(),
+            submit_time: now,
+            updated_at: now,
+        }
+    }
+}
+
+impl TaskInstanceRow {
+    pub fn into_domain(self) -> Result<TaskInstance, StoreError> {
+        Ok(TaskInstance {
+            id: TaskInstanceId(self.id),
+            workflow_instance_id: WorkflowInstanceId(self.workflow_instance_id),
+            task_definition_id: TaskDefinitionId(self.task_definition_id),
+            name: self.name,
+            task_type: TaskType::new(self.task_type),
+            state: parse("task_instances.state", &self.state)?,
+            attempt: u32_of("task_instances.attempt", self.attempt)?,
+            max_retries: u32_of("task_instances.max_retries", self.max_retries)?,
+            failovers: u32_of("task_instances.failovers", self.failovers)?,
+            priority: parse("task_instances.priority", &self.priority)?,
+            worker_group: parse("task_instances.worker_group", &self.worker_group)?,
+            host: self.host,
+            exit_code: self.exit_code,
+            retry_at: opt_ms(self.retry_at)?,
+            log_path: self.log_path,
+            submit_time: from_ms(self.submit_time)?,
+            start_time: opt_ms(self.start_time)?,
+            end_time: opt_ms(self.end_time)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
+    }
+}
+
+/// A [`TaskUpdate`] as a diesel changeset; `None` fields are left alone.
+#[derive(AsChangeset)]
+#[diesel(table_name = task_instances)]
+pub(crate) struct TaskChangeset {
+    pub state: Option<String>,
+    pub attempt: Option<i32>,
+    pub failovers: Option<i32>,
+    pub host: Option<Option<String>>,
+    pub exit_code: Option<Option<i32>>,
+    pub retry_at: Option<Option<i64>>,
+    pub log_path: Option<Option<String>>,
+    pub start_time: Option<Option<i64>>,
+    pub end_time: Option<Option<i64>>,
+    pub updated_at: i64,
+}
+
+impl TaskChangeset {
+    pub fn new(u: &TaskUpdate, now: i64) -> Self {
+        TaskChangeset {
+            state: u.state.map(|s| s.to_string()),
+            attempt: u.attempt.map(|a| a as i32),
+            failovers: u.failovers.map(|f| f as i32),
+            host: u.host.clone(),
+            exit_code: u.exit_code,
+            retry_at: u.retry_at.map(|t| t.map(ms)),
+            log_path: u.log_path.clone(),
+            start_time: u.start_time.map(|t| t.map(ms)),
+            end_time: u.end_time.map(|t| t.map(ms)),
+            updated_at: now,
+        }
+    }
+}
+
+/// A [`WorkflowUpdate`] as a diesel changeset.
+#[derive(AsChangeset)]
+#[diesel(table_name = workflow_instances)]
+pub(crate) struct WorkflowChangeset {
+    pub state: Option<String>,
+    pub run: Option<i32>,
+    pub start_time: Option<Option<i64>>,
+    pub end_time: Option<Option<i64>>,
+    pub updated_at: i64,
+}
+
+impl WorkflowChangeset {
+    pub fn new(u: &WorkflowUpdate, now: i64) -> Self {
+        WorkflowChangeset {
+            state: u.state.map(|s| s.to_string()),
+            run: u.run.map(|r| r as i32),
+            start_time: u.start_time.map(|t| t.map(ms)),
+            end_time: u.end_time.map(|t| t.map(ms)),
+            updated_at: now,
+        }
+    }
+}

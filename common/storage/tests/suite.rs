@@ -1,0 +1,582 @@
+//! The storage contract: one suite, run against SQLite (a file) and the real
+//! PostgreSQL server (a fresh database per test).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use sluice_domain::*;
+use sluice_storage::{Backend, PgStore, PoolOptions, SqliteStore, Store, StoreError};
+
+/// Keeps a test's database alive for as long as the store is used.
+enum Fixture {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] sluice_testkit::postgres::TempDatabase),
+}
+
+async fn sqlite() -> (Arc<dyn Store>, Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.db");
+    let store = SqliteStore::open(path.to_str().unwrap(), PoolOptions::sized(4)).await.unwrap();
+    (Arc::new(store), Fixture::Sqlite(dir))
+}
+
+async fn postgres() -> (Arc<dyn Store>, Fixture) {
+    let db = tokio::task::spawn_blocking(sluice_testkit::postgres::TempDatabase::create).await.unwrap();
+    let store = PgStore::open(db.url(), PoolOptions::sized(4)).await.unwrap();
+    (Arc::new(store), Fixture::Postgres(db))
+}
+
+/// Instantiates every listed test once per backend.
+macro_rules! store_suite {
+    ($($test:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (store, _fixture) = super::sqlite().await;
+                    assert_eq!(store.backend(), sluice_storage::Backend::Sqlite);
+                    super::$test(store).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (store, _fixture) = super::postgres().await;
+                    assert_eq!(store.backend(), sluice_storage::Backend::Postgres);
+                    super::$test(store).await;
+                }
+            )+
+        }
+    };
+}
+
+store_suite!(
+    projects_are_unique_by_name,
+    workflows_are_versioned_only_when_they_change,
+    old_versions_stay_readable,
+    workflows_are_found_by_name_description_or_task,
+    deleting_a_workflow_removes_its_definition,
+    schedules_are_upserted_and_toggled,
+    a_fire_time_becomes_one_command,
+    competing_masters_claim_each_command_once,
+    commands_for_an_owned_instance_go_to_its_owner,
+    released_commands_can_be_claimed_again,
+    submit_run_creates_instance_and_command_together,
+    instances_are_listed_newest_first_with_filters,
+    stale_fences_are_refused,
+    task_instances_are_created_and_updated_under_the_fence,
+);
+
+fn task(name: &str, deps: &[&str]) -> TaskSpec {
+    let mut t = TaskSpec::new(name, "shell");
+    t.body.insert("script".into(), format!("echo {name}").into());
+    t.deps = deps.iter().map(|d| d.to_string()).collect();
+    t
+}
+
+fn diamond(name: &str) -> WorkflowSpec {
+    WorkflowSpec {
+        name: name.into(),
+        description: "a diamond".into(),
+        params: [("dt".to_string(), "${system.biz.date}".to_string())].into(),
+        failure_strategy: FailureStrategy::End,
+        priority: Priority::High,
+        worker_group: WorkerGroup::default(),
+        tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
+    }
+}
+
+async fn project(store: &Arc<dyn Store>, name: &str) -> Project {
+    store.create_project(name, "", &Params::new()).await.unwrap()
+}
+
+async fn workflow(store: &Arc<dyn Store>) -> (Project, WorkflowDefinition) {
+    let p = project(store, "demo").await;
+    store.save_workflow(p.id, &diamond("etl")).await.unwrap();
+    let w = store.workflow(p.id, "etl", None).await.unwrap().unwrap();
+    (p, w)
+}
+
+fn new_instance(w: &WorkflowDefinition, owner: Option<&str>) -> NewWorkflowInstance {
+    NewWorkflowInstance {
+        workflow_id: w.id,
+        workflow_version: w.version,
+        command_kind: CommandKind::Start,
+        params: Params::new(),
+        priority: w.priority,
+        worker_group: w.worker_group.clone(),
+        failure_strategy: w.failure_strategy,
+        schedule_time: None,
+        owner: owner.map(str::to_owned),
+    }
+}
+
+async fn projects_are_unique_by_name(store: Arc<dyn Store>) {
+    let params: Params = [("region".to_string(), "eu".to_string())].into();
+    let p = store.create_project("demo", "first project", &params).await.unwrap();
+    assert_eq!(p.name, "demo");
+    assert_eq!(p.params, params);
+    let err = store.create_project("demo", "again", &Params::new()).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m == "project `demo` already exists"), "{err}");
+    store.create_project("another", "", &Params::new()).await.unwrap();
+    assert_eq!(store.project("demo").await.unwrap().unwrap(), p);
+    assert_eq!(store.project_by_id(p.id).await.unwrap().unwrap(), p);
+    assert!(store.project("missing").await.unwrap().is_none());
+    let names: Vec<String> = store.list_projects().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["another", "demo"]);
+}
+
+async fn workflows_are_versioned_only_when_they_change(store: Arc<dyn Store>) {
+    let p = project(&store, "demo").await;
+    let first = store.save_workflow(p.id, &diamond("etl")).await.unwrap();
+    assert_eq!((first.version, first.created), (1, true));
+
+    // The same workflow with tasks listed in another order is unchanged.
+    let mut same = diamond("etl");
+    same.tasks.reverse();
+    let again = store.save_workflow(p.id, &same).await.unwrap();
+    assert_eq!((again.id, again.version, again.created), (first.id, 1, false));
+
+    // Changing one task makes version 2; only that task gets a new version.
+    let mut changed = diamond("etl");
+    changed.tasks[1].retries = 3;
+    let second = store.save_workflow(p.id, &changed).await.unwrap();
+    assert_eq!((second.id, second.version, second.created), (first.id, 2, true));
+    let v1 = store.workflow(p.id, "etl", Some(1)).await.unwrap().unwrap();
+    let v2 = store.workflow(p.id, "etl", None).await.unwrap().unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.task("b").unwrap().version, 2);
+    assert_eq!(v2.task("b").unwrap().spec.retries, 3);
+    for unchanged in ["a", "c", "d"] {
+        assert_eq!(v2.task(unchanged).unwrap().id, v1.task(unchanged).unwrap().id, "{unchanged}");
+    }
+
+    // Changing only an edge makes a new workflow version, no new task version.
+    let mut rewired = changed.clone();
+    rewired.tasks[3].deps = vec!["b".into()];
+    let third = store.save_workflow(p.id, &rewired).await.unwrap();
+    assert_eq!(third.version, 3);
+    let v3 = store.workflow_by_id(first.id, None).await.unwrap().unwrap();
+    assert_eq!(v3.task("d").unwrap().spec.deps, ["b"]);
+    assert_eq!(v3.task("d").unwrap().id, v2.task("d").unwrap().id);
+    assert_eq!(v3.spec(), rewired.normalized());
+
+    let versions: Vec<u32> = store.workflow_versions(first.id).await.unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(versions, [3, 2, 1]);
+
+    // A workflow needs an existing project.
+    let err = store.save_workflow(ProjectId(999_999), &diamond("x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn old_versions_stay_readable(store: Arc<dyn Store>) {
+    let p = project(&store, "demo").await;
+    store.save_workflow(p.id, &diamond("etl")).await.unwrap();
+    let mut smaller = diamond("etl");
+    smaller.tasks.truncate(2);
+    smaller.description = "shrunk".into();
+    store.save_workflow(p.id, &smaller).await.unwrap();
+    let v1 = store.workflow(p.id, "etl", Some(1)).await.unwrap().unwrap();
+    assert_eq!(v1.tasks.len(), 4);
+    assert_eq!(v1.spec(), diamond("etl").normalized());
+    assert_eq!(v1.project, "demo");
+    assert_eq!(v1.priority, Priority::High);
+    assert_eq!(v1.params["dt"], "${system.biz.date}");
+    let v2 = store.workflow(p.id, "etl", Some(2)).await.unwrap().unwrap();
+    assert_eq!((v2.tasks.len(), v2.description.as_str()), (2, "shrunk"));
+    assert!(store.workflow(p.id, "etl", Some(3)).await.unwrap().is_none());
+    assert!(store.workflow(p.id, "nope", None).await.unwrap().is_none());
+}
+
+async fn workflows_are_found_by_name_description_or_task(store: Arc<dyn Store>) {
+    let p = project(&store, "demo").await;
+    let other = project(&store, "other").await;
+    let mut sales = diamond("daily_sales");
+    sales.description = "Loads the SALES cube".into();
+    store.save_workflow(p.id, &sales).await.unwrap();
+    let mut users = diamond("users");
+    users.description = "user dimension".into();
+    users.tasks[0].name = "extract_100%".into();
+    users.tasks[1].deps = vec!["extract_100%".into()];
+    users.tasks[2].deps = vec!["extract_100%".into()];
+    store.save_workflow(p.id, &users).await.unwrap();
+    store.save_workflow(other.id, &diamond("daily_other")).await.unwrap();
+
+    let names = |list: Vec<WorkflowSummary>| list.into_iter().map(|w| w.name).collect::<Vec<_>>();
+    assert_eq!(names(store.list_workflows(p.id, None).await.unwrap()), ["daily_sales", "users"]);
+    assert_eq!(names(store.list_workflows(p.id, Some("DAILY")).await.unwrap()), ["daily_sales"]);
+    assert_eq!(names(store.list_workflows(p.id, Some("sales cube")).await.unwrap()), ["daily_sales"]);
+    assert_eq!(names(store.list_workflows(p.id, Some("100%")).await.unwrap()), ["users"]);
+    // `%` and `_` in the query are literal, not wildcards.
+    assert!(names(store.list_workflows(p.id, Some("%")).await.unwrap()) == ["users"]);
+    assert!(store.list_workflows(p.id, Some("nothing")).await.unwrap().is_empty());
+}
+
+async fn deleting_a_workflow_removes_its_definition(store: Arc<dyn Store>) {
+    let (p, w) = workflow(&store).await;
+    store
+        .set_schedule(w.id, &ScheduleSpec {
+            trigger: Trigger::Cron { expression: "0 0 2 * * ?".into(), timezone: "UTC".into() },
+            start: None,
+            end: None,
+            misfire: MisfirePolicy::Skip,
+        })
+        .await
+        .unwrap();
+    store.insert_command(&NewCommand::start(w.id)).await.unwrap();
+    assert!(store.delete_workflow(w.id).await.unwrap());
+    assert!(store.workflow(p.id, "etl", None).await.unwrap().is_none());
+    assert!(store.schedule(w.id).await.unwrap().is_none());
+    assert!(store.unclaimed_commands().await.unwrap().is_empty());
+    assert!(!store.delete_workflow(w.id).await.unwrap());
+    // The name is free again, starting over at version 1.
+    assert_eq!(store.save_workflow(p.id, &diamond("etl")).await.unwrap().version, 1);
+}
+
+async fn schedules_are_upserted_and_toggled(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    assert!(store.schedule(w.id).await.unwrap().is_none());
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let cron = ScheduleSpec {
+        trigger: Trigger::Cron { expression: "0 30 2 * * ?".into(), timezone: "Asia/Shanghai".into() },
+        start: Some(start),
+        end: None,
+        misfire: MisfirePolicy::RunAll,
+    };
+    let s = store.set_schedule(w.id, &cron).await.unwrap();
+    assert_eq!((s.trigger.clone(), s.start, s.online, s.misfire), (cron.trigger.clone(), Some(start), false, MisfirePolicy::RunAll));
+    assert!(store.online_schedules().await.unwrap().is_empty());
+    let online = store.set_schedule_online(w.id, true).await.unwrap();
+    assert!(online.online);
+    assert_eq!(store.online_schedules().await.unwrap(), vec![online.clone()]);
+
+    // Replacing the trigger keeps the id and the online flag.
+    let every = ScheduleSpec {
+        trigger: Trigger::Interval { every: Duration::from_secs(300), times: Some(10) },
+        start: None,
+        end: None,
+        misfire: MisfirePolicy::Skip,
+    };
+    let replaced = store.set_schedule(w.id, &every).await.unwrap();
+    assert_eq!((replaced.id, replaced.online, replaced.trigger), (s.id, true, every.trigger));
+    let err = store.set_schedule_online(WorkflowId(424242), true).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn a_fire_time_becomes_one_command(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let s = store
+        .set_schedule(w.id, &ScheduleSpec {
+            trigger: Trigger::Interval { every: Duration::from_secs(2), times: None },
+            start: None,
+            end: None,
+            misfire: MisfirePolicy::RunOnce,
+        })
+        .await
+        .unwrap();
+    let fire = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
+    let mut command = NewCommand::start(w.id);
+    command.schedule_id = Some(s.id);
+    command.schedule_time = Some(fire);
+
+    // Two would-be leaders fire the same time at once: one command results.
+    let (a, b) = tokio::join!(store.insert_scheduled_command(&command), store.insert_scheduled_command(&command));
+    let ids: Vec<CommandId> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, Some(fire));
+
+    let mut next = command.clone();
+    next.schedule_time = Some(fire + chrono::Duration::seconds(2));
+    assert!(store.insert_scheduled_command(&next).await.unwrap().is_some());
+    // An older fire time never moves last_fire backwards.
+    let mut older = command.clone();
+    older.schedule_time = Some(fire - chrono::Duration::seconds(2));
+    assert!(store.insert_scheduled_command(&older).await.unwrap().is_some());
+    assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, next.schedule_time);
+    let stored = store.unclaimed_commands().await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[0].spec, command);
+
+    let err = store.insert_scheduled_command(&NewCommand::start(w.id)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+async fn competing_masters_claim_each_command_once(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let mut expected = HashSet::new();
+    for _ in 0..60 {
+        expected.insert(store.insert_command(&NewCommand::start(w.id)).await.unwrap());
+    }
+    let masters: Vec<_> = (0..4)
+        .map(|m| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let owner = format!("master-{m}:5678");
+                let mut mine = Vec::new();
+                loop {
+                    let batch = store.claim_commands(&owner, 7).await.unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    assert!(batch.iter().all(|c| c.owner.as_deref() == Some(owner.as_str()) && c.claimed_at.is_some()));
+                    mine.extend(batch.into_iter().map(|c| c.id));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for m in masters {
+        claimed.extend(m.await.unwrap());
+    }
+    let unique: HashSet<CommandId> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), 60, "a command was claimed twice");
+    assert_eq!(unique, expected);
+    assert!(store.claim_commands("late", 10).await.unwrap().is_empty());
+    for id in &claimed {
+        store.delete_command(*id).await.unwrap();
+    }
+    assert_eq!(store.release_commands("master-0:5678").await.unwrap(), 0);
+}
+
+async fn commands_for_an_owned_instance_go_to_its_owner(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let running = store.create_workflow_instance(&new_instance(&w, Some("m1:5678"))).await.unwrap();
+    store.update_workflow_instance(running.fence(), &WorkflowUpdate { state: Some(WorkflowState::Running), ..Default::default() }).await.unwrap();
+    let mut stop = NewCommand::start(w.id);
+    stop.kind = CommandKind::Stop;
+    stop.workflow_instance_id = Some(running.id);
+    store.insert_command(&stop).await.unwrap();
+    assert!(store.claim_commands("m2:5678", 10).await.unwrap().is_empty());
+    let claimed = store.claim_commands("m1:5678", 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].spec.kind, CommandKind::Stop);
+
+    // Once the instance is at rest, any master may take a command for it.
+    store.update_workflow_instance(running.fence(), &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap();
+    let mut rerun = stop.clone();
+    rerun.kind = CommandKind::Rerun;
+    store.insert_command(&rerun).await.unwrap();
+    assert_eq!(store.claim_commands("m2:5678", 10).await.unwrap().len(), 1);
+}
+
+async fn released_commands_can_be_claimed_again(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    for _ in 0..3 {
+        store.insert_command(&NewCommand::start(w.id)).await.unwrap();
+    }
+    assert_eq!(store.claim_commands("dead:1", 10).await.unwrap().len(), 3);
+    assert!(store.unclaimed_commands().await.unwrap().is_empty());
+    assert_eq!(store.release_commands("dead:1").await.unwrap(), 3);
+    let again = store.claim_commands("alive:1", 10).await.unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|c| c.owner.as_deref() == Some("alive:1")));
+}
+
+async fn submit_run_creates_instance_and_command_together(store: Arc<dyn Store>) {
+    let (p, w) = workflow(&store).await;
+    let mut command = NewCommand::start(w.id);
+    command.params = [("dt".to_string(), "20260101".to_string())].into();
+    command.start_tasks = vec!["b".into()];
+    command.scope = Some(RunScope::Downstream);
+    let mut instance = new_instance(&w, None);
+    instance.params = command.params.clone();
+    let (wi, cmd) = store.submit_run(&instance, &command).await.unwrap();
+    let stored = store.workflow_instance(wi).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.owner.clone(), stored.owner_epoch, stored.run), (WorkflowState::Submitted, None, 1, 1));
+    assert_eq!((stored.project_id, stored.workflow_name.as_str()), (p.id, "etl"));
+    assert_eq!(stored.params["dt"], "20260101");
+    let claimed = store.claim_commands("m1:1", 10).await.unwrap();
+    assert_eq!(claimed[0].id, cmd);
+    assert_eq!(claimed[0].spec.workflow_instance_id, Some(wi));
+    assert_eq!(claimed[0].spec.scope, Some(RunScope::Downstream));
+    assert_eq!(claimed[0].spec.start_tasks, ["b"]);
+
+    // Nothing is written when the workflow does not exist.
+    let mut bad = new_instance(&w, None);
+    bad.workflow_id = WorkflowId(777_777);
+    let err = store.submit_run(&bad, &NewCommand::start(bad.workflow_id)).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(store.unclaimed_commands().await.unwrap().is_empty());
+    let all = store.list_workflow_instances(&InstanceFilter { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+async fn instances_are_listed_newest_first_with_filters(store: Arc<dyn Store>) {
+    let (p, w) = workflow(&store).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+        if i % 3 == 0 {
+            store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(WorkflowState::Running), ..Default::default() }).await.unwrap();
+        }
+        ids.push(wi.id);
+    }
+    let page1 = store.list_workflow_instances(&InstanceFilter { project_id: Some(p.id), limit: 5, ..Default::default() }).await.unwrap();
+    let got: Vec<_> = page1.iter().map(|i| i.id).collect();
+    let want: Vec<_> = ids.iter().rev().take(5).copied().collect();
+    assert_eq!(got, want);
+    let page2 = store
+        .list_workflow_instances(&InstanceFilter { project_id: Some(p.id), before: Some(got[4]), limit: 5, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page2.first().unwrap().id, ids[6]);
+    let running = store
+        .list_workflow_instances(&InstanceFilter { state: Some(WorkflowState::Running), workflow_id: Some(w.id), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(running.iter().map(|i| i.id).collect::<BTreeSet<_>>(), [ids[0], ids[3], ids[6], ids[9]].into());
+    let none = store
+        .list_workflow_instances(&InstanceFilter { project_id: Some(ProjectId(99_999)), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(store.owned_workflow_instances("m:1").await.unwrap().len(), 12);
+    assert!(store.owned_workflow_instances("other:1").await.unwrap().is_empty());
+}
+
+async fn stale_fences_are_refused(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("old:1"))).await.unwrap();
+    let old = wi.fence();
+    let running = store
+        .update_workflow_instance(old, &WorkflowUpdate { state: Some(WorkflowState::Running), start_time: Some(Some(Utc::now())), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(running.state, WorkflowState::Running);
+    assert!(running.start_time.is_some());
+
+    let adopted = store.adopt_workflow_instance(wi.id, "new:1").await.unwrap();
+    assert_eq!((adopted.owner.as_deref(), adopted.owner_epoch), (Some("new:1"), old.epoch + 1));
+
+    let err = store.update_workflow_instance(old, &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap_err();
+    match err {
+        StoreError::Fenced { workflow_instance_id, presented, current } => {
+            assert_eq!((workflow_instance_id, presented, current), (wi.id, old.epoch, old.epoch + 1))
+        }
+        other => panic!("expected a fenced write, got {other}"),
+    }
+    // The refused write changed nothing; the new owner's write goes through.
+    assert_eq!(store.workflow_instance(wi.id).await.unwrap().unwrap().state, WorkflowState::Running);
+    let done = store
+        .update_workflow_instance(adopted.fence(), &WorkflowUpdate { state: Some(WorkflowState::Success), end_time: Some(Some(Utc::now())), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(done.state, WorkflowState::Success);
+    assert!(store.owned_workflow_instances("new:1").await.unwrap().is_empty());
+
+    let missing = Fence { workflow_instance_id: WorkflowInstanceId(888_888), epoch: 1 };
+    let err = store.update_workflow_instance(missing, &WorkflowUpdate::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let news: Vec<NewTaskInstance> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let def = w.task(name).unwrap();
+            NewTaskInstance {
+                workflow_instance_id: wi.id,
+                task_definition_id: def.id,
+                name: name.to_string(),
+                task_type: def.spec.task_type.clone(),
+                priority: Priority::Low,
+                worker_group: WorkerGroup::default(),
+                max_retries: 2,
+            }
+        })
+        .collect();
+    let tasks = store.create_task_instances(fence, &news).await.unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!((tasks[0].state, tasks[0].attempt, tasks[0].max_retries), (TaskState::Submitted, 1, 2));
+
+    let started = Utc::now();
+    let t = store
+        .update_task_instance(fence, tasks[0].id, &TaskUpdate {
+            state: Some(TaskState::Running),
+            host: Some(Some("worker-1:1234".into())),
+            start_time: Some(Some(started)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((t.state, t.host.as_deref()), (TaskState::Running, Some("worker-1:1234")));
+    assert_eq!(t.start_time.unwrap().timestamp_millis(), started.timestamp_millis());
+    let t = store
+        .update_task_instance(fence, tasks[0].id, &TaskUpdate {
+            state: Some(TaskState::RetryWait),
+            exit_code: Some(Some(3)),
+            retry_at: Some(Some(started + chrono::Duration::seconds(30))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((t.state, t.exit_code, t.host.as_deref()), (TaskState::RetryWait, Some(3), Some("worker-1:1234")));
+    let t = store
+        .update_task_instance(fence, tasks[0].id, &TaskUpdate { state: Some(TaskState::Submitted), attempt: Some(2), exit_code: Some(None), host: Some(None), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!((t.attempt, t.exit_code, t.host), (2, None, None));
+
+    // After adoption, the old owner can neither update nor create tasks.
+    store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
+    let err = store.update_task_instance(fence, tasks[1].id, &TaskUpdate { state: Some(TaskState::Dispatched), ..Default::default() }).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    let err = store.create_task_instances(fence, &news[..1]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    let listed = store.task_instances(wi.id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].state, TaskState::Submitted);
+    assert_eq!(store.task_instance(tasks[0].id).await.unwrap().unwrap().attempt, 2);
+
+    // A task of another instance cannot be written under this fence.
+    let other = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let err = store.update_task_instance(other.fence(), tasks[1].id, &TaskUpdate::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reopen_finds_its_data_and_no_pending_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/sluice.db");
+    let path = path.to_str().unwrap();
+    let first = SqliteStore::open(path, PoolOptions::sized(2)).await.unwrap();
+    first.create_project("kept", "", &Params::new()).await.unwrap();
+    drop(first);
+    let again = sluice_storage::open(&format!("sqlite://{path}"), PoolOptions::sized(2)).await.unwrap();
+    assert_eq!(again.backend(), Backend::Sqlite);
+    assert!(again.project("kept").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reopen_finds_its_data_and_no_pending_migration() {
+    let db = tokio::task::spawn_blocking(sluice_testkit::postgres::TempDatabase::create).await.unwrap();
+    let first = PgStore::open(db.url(), PoolOptions::sized(2)).await.unwrap();
+    first.create_project("kept", "", &Params::new()).await.unwrap();
+    drop(first);
+    let again = sluice_storage::open(db.url(), PoolOptions::sized(2)).await.unwrap();
+    assert_eq!(again.backend(), Backend::Postgres);
+    assert!(again.project("kept").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused_with_the_reason() {
+    for (url, reason) in [
+        ("mysql://root@localhost/x", "expected postgres://"),
+        ("sqlite://", "a database file path is required"),
+        ("sqlite://:memory:", "a database file path is required"),
+    ] {
+        let err = sluice_storage::open(url, PoolOptions::sized(1)).await.err().expect(url);
+        assert!(matches!(&err, StoreError::InvalidUrl { .. }), "{url}: {err}");
+        assert!(err.to_string().contains(reason), "{url}: {err}");
+    }
+    let err = sluice_storage::open("postgres://nobody@127.0.0.1:1/none", PoolOptions { size: 1, connect_timeout: Duration::from_millis(500) }).await.err().unwrap();
+    assert!(err.is_retryable(), "an unreachable server is worth retrying: {err}");
+}

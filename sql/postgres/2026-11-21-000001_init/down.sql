@@ -1,0 +1,10 @@
+DROP TABLE commands;
+DROP TABLE task_instances;
+DROP TABLE workflow_instances;
+DROP TABLE schedules;
+DROP TABLE workflow_edges;
+DROP TABLE workflow_version_tasks;
+DROP TABLE task_definitions;
+DROP TABLE workflow_versions;
+DROP TABLE workflows;
+DROP TABLE projects;
