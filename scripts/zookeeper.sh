@@ -4,7 +4,7 @@
 #   scripts/zookeeper.sh install          install the Debian package if missing
 #   scripts/zookeeper.sh start DIR [PORT] start on 127.0.0.1:PORT (a free one if
 #                                         omitted) with data under DIR; prints
-#                                         the port once `ruok` answers `imok`
+#                                         the port once the server serves
 #   scripts/zookeeper.sh stop DIR         stop the server started in DIR and wait
 #                                         until its port is closed
 set -euo pipefail
@@ -15,9 +15,14 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-ruok() {
+four_letter() {
     # bash's /dev/tcp avoids needing netcat.
-    { exec 3<>"/dev/tcp/127.0.0.1/$1" && printf ruok >&3 && timeout 2 cat <&3; } 2>/dev/null || true
+    { exec 3<>"/dev/tcp/127.0.0.1/$1" && printf '%s' "$2" >&3 && timeout 2 cat <&3; } 2>/dev/null || true
+}
+
+# `ruok` answers `imok` before the server serves sessions; `srvr` tells.
+serving() {
+    [ "$(four_letter "$1" ruok)" = imok ] && four_letter "$1" srvr | grep -q '^Mode:'
 }
 
 case "${1:-}" in
@@ -50,7 +55,7 @@ CFG
     echo $! >"$dir/zk.pid"
     echo "$port" >"$dir/zk.port"
     for _ in $(seq 1 300); do
-        if [ "$(ruok "$port")" = imok ]; then
+        if serving "$port"; then
             echo "$port"
             exit 0
         fi
@@ -61,7 +66,7 @@ CFG
         fi
         sleep 0.1
     done
-    echo "zookeeper did not answer ruok on port $port within 30 s" >&2
+    echo "zookeeper did not start serving on port $port within 30 s" >&2
     exit 1
     ;;
 stop)

@@ -1,1 +1,129 @@
-fn main() {}
+//! `sluice`: one binary for every role. It parses the command line and the
+//! configuration, builds the roles, and runs them until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice_config::{Config, LogFormat, RegistryKind};
+use sluice_registry::{EmbeddedRegistry, Registry, ZkRegistry};
+use sluice_runtime::{CancellationToken, Role};
+use sluice_storage::{PoolOptions, Store};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A distributed workflow scheduler for data platforms")]
+struct Cli {
+    /// Configuration file (TOML); `SLUICE_<SECTION>__<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master: claims commands, drives workflow instances.
+    Master,
+    /// Run a worker: takes ready tasks from its groups' queues and runs them.
+    Worker,
+    /// Run the REST API server.
+    Api,
+    /// Run the alert server.
+    Alert,
+    /// Run master, worker and API in one process on SQLite and the embedded
+    /// registry: the one-command way to try Sluice.
+    Standalone,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("sluice: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let options = PoolOptions { size: config.database.pool_size, connect_timeout: config.database.connect_timeout };
+    sluice_storage::open(&config.database.url, options)
+        .await
+        .with_context(|| format!("opening database {}", config.database.redacted_url()))
+}
+
+async fn connect_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    match config.registry.kind {
+        RegistryKind::Embedded => Ok(Arc::new(EmbeddedRegistry::new().session())),
+        RegistryKind::Zookeeper => {
+            let registry = ZkRegistry::connect(&config.registry.zookeeper, &config.cluster_root(), config.registry.session_timeout)
+                .await
+                .with_context(|| format!("connecting to ZooKeeper at {}", config.registry.zookeeper))?;
+            Ok(Arc::new(registry))
+        }
+    }
+}
+
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    let mut registry = None;
+    let roles: Vec<Box<dyn Role>> = match command {
+        Command::Master => {
+            let store = open_store(&config).await?;
+            let registry = registry.insert(connect_registry(&config).await?).clone();
+            vec![Box::new(sluice_master::Master::new(config.master.clone(), store, registry))]
+        }
+        Command::Worker => {
+            let registry = registry.insert(connect_registry(&config).await?).clone();
+            vec![Box::new(sluice_worker::Worker::new(config.worker.clone(), registry))]
+        }
+        Command::Api => {
+            let store = open_store(&config).await?;
+            vec![Box::new(sluice_api::ApiServer::new(config.api.listen, store))]
+        }
+        Command::Alert => {
+            anyhow::bail!("the alert server is not available in this version of sluice yet");
+        }
+        Command::Standalone => {
+            // One process: the in-process registry is the only one that
+            // makes sense, whatever the file says.
+            config.registry.kind = RegistryKind::Embedded;
+            let store = open_store(&config).await?;
+            let registry = registry.insert(connect_registry(&config).await?).clone();
+            vec![
+                Box::new(sluice_master::Master::new(config.master.clone(), store.clone(), registry.clone())),
+                Box::new(sluice_worker::Worker::new(config.worker.clone(), registry)),
+                Box::new(sluice_api::ApiServer::new(config.api.listen, store)),
+            ]
+        }
+    };
+    let result = sluice_runtime::run_roles(roles, CancellationToken::new()).await;
+    // Ending the session at once frees whatever the roles left in the
+    // registry, instead of leaving it until the session times out.
+    if let Some(registry) = registry {
+        registry.close().await;
+    }
+    result.map_err(|e| anyhow::anyhow!(e))
+}

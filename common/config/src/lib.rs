@@ -105,6 +105,11 @@ pub enum DatabaseBackend {
 }
 
 impl DatabaseConfig {
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
     /// The backend selected by `url`'s scheme. `None` only for a config that skipped
     /// validation: [`Config::load`] rejects every other scheme.
     pub fn backend(&self) -> Option<DatabaseBackend> {

@@ -3,12 +3,14 @@
 //! decision the engine makes is a function over these types, tested in-module.
 
 pub mod dag;
+pub mod heartbeat;
 pub mod ids;
 pub mod model;
 pub mod queue;
 pub mod state;
 
 pub use dag::{Dag, DagError, TaskNode};
+pub use heartbeat::{MasterHeartbeat, WorkerHeartbeat};
 pub use ids::*;
 pub use model::*;
 pub use queue::QueueKey;

@@ -317,6 +317,14 @@ macro_rules! store_impl {
                 $backend
             }
 
+            async fn ping(&self) -> Result<()> {
+                self.run(|c: &mut Conn| {
+                    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).execute(c)?;
+                    Ok(())
+                })
+                .await
+            }
+
             async fn create_project(&self, name: &str, description: &str, params: &Params) -> Result<Project> {
                 let (name, description, params) = (name.to_owned(), description.to_owned(), json(params));
                 self.run(move |c: &mut Conn| {

@@ -52,6 +52,9 @@ pub struct WorkflowVersionInfo {
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
+    /// Round trip to the database: `Ok` when it answers.
+    async fn ping(&self) -> Result<()>;
+
     // --- projects
     async fn create_project(&self, name: &str, description: &str, params: &Params) -> Result<Project>;
     async fn project(&self, name: &str) -> Result<Option<Project>>;

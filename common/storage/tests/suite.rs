@@ -116,6 +116,7 @@ fn new_instance(w: &WorkflowDefinition, owner: Option<&str>) -> NewWorkflowInsta
 }
 
 async fn projects_are_unique_by_name(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
     let params: Params = [("region".to_string(), "eu".to_string())].into();
     let p = store.create_project("demo", "first project", &params).await.unwrap();
     assert_eq!(p.name, "demo");
