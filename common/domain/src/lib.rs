@@ -3,6 +3,7 @@
 //! decision the engine makes is a function over these types, tested in-module.
 
 pub mod dag;
+pub mod dispatch;
 pub mod heartbeat;
 pub mod ids;
 pub mod model;
@@ -10,6 +11,7 @@ pub mod queue;
 pub mod state;
 
 pub use dag::{Dag, DagError, TaskNode};
+pub use dispatch::TaskDispatch;
 pub use heartbeat::{MasterHeartbeat, WorkerHeartbeat};
 pub use ids::*;
 pub use model::*;

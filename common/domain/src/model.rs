@@ -193,6 +193,8 @@ wire_enum!(
         Stop = "stop",
         Resume = "resume",
         RecoverFailover = "recover_failover",
+        /// Kill one task instance (named in `start_tasks`) of a running instance.
+        KillTask = "kill_task",
     }
 );
 
@@ -200,7 +202,7 @@ impl CommandKind {
     /// Whether the command creates (or restarts) a workflow instance, as
     /// opposed to acting on one that is running.
     pub fn starts_a_run(self) -> bool {
-        !matches!(self, CommandKind::Pause | CommandKind::Stop)
+        !matches!(self, CommandKind::Pause | CommandKind::Stop | CommandKind::KillTask)
     }
 }
 
