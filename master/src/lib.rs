@@ -1,33 +1,78 @@
-//! The master role. Several run at once, none special: each registers
-//! itself under `nodes/masters/` and (from the execution-engine issue on)
-//! claims commands and drives the workflow instances it owns.
+//! The master role. Several run at once, none special. Each registers under
+//! `nodes/masters/`, claims commands under the `locks/command-scan` lock,
+//! and drives the workflow instances it owns, one async task each
+//! ([`driver`]); workers report task events to it over gRPC ([`rpc`]).
 
-use std::sync::Arc;
+mod commands;
+mod driver;
+mod rpc;
+mod workers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::Utc;
 use sluice_config::MasterConfig;
-use sluice_domain::MasterHeartbeat;
+use sluice_domain::{MasterHeartbeat, WorkflowInstanceId};
+use sluice_proto::v1::master_service_server::MasterServiceServer;
 use sluice_registry::{paths, Heartbeat, Registry};
-use sluice_runtime::{Role, RoleError};
+use sluice_runtime::{CancellationToken, Role, RoleError};
 use sluice_storage::Store;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::driver::DriverMsg;
+use crate::workers::WorkerClients;
+
+/// State shared by the command loop, the drivers and the gRPC service.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<dyn Registry>,
+    /// `host:port` workers report to; recorded as the owner of instances.
+    pub addr: String,
+    pub config: MasterConfig,
+    /// The instances this master drives, by id.
+    pub drivers: Mutex<HashMap<WorkflowInstanceId, mpsc::UnboundedSender<DriverMsg>>>,
+    pub workers: WorkerClients,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn driver(&self, id: WorkflowInstanceId) -> Option<mpsc::UnboundedSender<DriverMsg>> {
+        self.drivers.lock().expect("drivers lock").get(&id).cloned()
+    }
+}
 
 pub struct Master {
     config: MasterConfig,
-    #[allow(dead_code)] // driven by the engine
     store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
+    shared: Option<Arc<Shared>>,
     heartbeat: Option<Heartbeat>,
+    tasks: Vec<JoinHandle<()>>,
+    bound: Option<SocketAddr>,
 }
 
 impl Master {
     pub fn new(config: MasterConfig, store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> Self {
-        Master { config, store, registry, heartbeat: None }
+        Master { config, store, registry, shared: None, heartbeat: None, tasks: Vec::new(), bound: None }
     }
 
-    /// `host:port` under which other processes reach this master.
-    pub fn addr(&self) -> String {
-        self.config.advertise_addr()
+    /// `host:port` under which workers reach this master (known once started:
+    /// with port 0 it is the port actually bound).
+    pub fn addr(&self) -> Option<String> {
+        self.shared.as_ref().map(|s| s.addr.clone())
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.bound
+    }
+
+    /// Workflow instances driven right now.
+    pub fn driven_instances(&self) -> Vec<WorkflowInstanceId> {
+        self.shared.as_ref().map_or_else(Vec::new, |s| s.drivers.lock().expect("drivers lock").keys().copied().collect())
     }
 }
 
@@ -38,23 +83,68 @@ impl Role for Master {
     }
 
     async fn start(&mut self) -> Result<(), RoleError> {
-        let addr = self.addr();
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| format!("master: cannot listen on {}: {e}", self.config.listen))?;
+        let bound = listener.local_addr()?;
+        self.bound = Some(bound);
+        let addr = sluice_config::advertise_addr(self.config.advertise.as_deref(), bound);
+        let shared = Arc::new(Shared {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            addr: addr.clone(),
+            config: self.config.clone(),
+            drivers: Mutex::new(HashMap::new()),
+            workers: WorkerClients::default(),
+            shutdown: CancellationToken::new(),
+        });
+
+        let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = shared.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let serve = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "master grpc server failed");
+            }
+        }));
+
+        // Instances this address owned before a restart are ours again.
+        commands::resume_owned(&shared).await?;
+
         let started_at = Utc::now();
         let beat = {
-            let addr = addr.clone();
+            let shared = shared.clone();
             move || {
-                let beat = MasterHeartbeat { addr: addr.clone(), started_at, heartbeat_at: Utc::now(), workflow_instances: 0 };
+                let beat = MasterHeartbeat {
+                    addr: shared.addr.clone(),
+                    started_at,
+                    heartbeat_at: Utc::now(),
+                    workflow_instances: shared.drivers.lock().map(|d| d.len() as u32).unwrap_or(0),
+                };
                 serde_json::to_vec(&beat).expect("heartbeat serializes")
             }
         };
-        let heartbeat =
-            Heartbeat::start(self.registry.clone(), paths::master_node(&addr), self.config.heartbeat_interval, beat).await?;
-        self.heartbeat = Some(heartbeat);
+        self.heartbeat = Some(
+            Heartbeat::start(self.registry.clone(), paths::master_node(&addr), self.config.heartbeat_interval, beat).await?,
+        );
+        self.tasks.push(tokio::spawn(commands::command_loop(shared.clone())));
+        self.shared = Some(shared);
         tracing::info!(%addr, "master registered");
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), RoleError> {
+        if let Some(shared) = &self.shared {
+            // Drivers leave their instances as they are: another master (or
+            // this one restarted) adopts them.
+            shared.shutdown.cancel();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
         if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.stop().await;
         }

@@ -1,30 +1,412 @@
-//! The worker role: registers under `nodes/workers/<group>/` for each of its
-//! groups with a heartbeat, and (from the execution-engine issue on) takes
-//! ready tasks from those groups' queues and runs them.
+//! The worker role: takes ready tasks from its groups' queues, runs each
+//! attempt as an OS process group, and reports what happens to the master
+//! that owns the workflow instance.
+//!
+//! - `executor`: one attempt, from queue entry to final report (working
+//!   directory, log file, process group, timeout, kill).
+//! - `outbox`: ordered, at-least-once delivery of task events per master.
+//! - `running`: the attempts in flight and how to stop one.
+//! - `service`: the gRPC `WorkerService` (`KillTask`).
+//! - `host`: the machine load carried by heartbeats.
+//!
+//! Task types are not known here: [`sluice_tasks::TaskPlugins`] turns a
+//! dispatch into a process description.
 
+mod executor;
+mod host;
+mod outbox;
+mod running;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures::future::{select_all, BoxFuture};
 use sluice_config::WorkerConfig;
-use sluice_domain::WorkerHeartbeat;
-use sluice_registry::{paths, Heartbeat, Registry};
-use sluice_runtime::{Role, RoleError};
+use sluice_domain::{TaskDispatch, TaskInstanceId, WorkerHeartbeat};
+use sluice_proto::v1::task_event_request::Event;
+use sluice_proto::v1::worker_service_server::WorkerServiceServer;
+use sluice_proto::v1::TaskEventRequest;
+use sluice_registry::{paths, Heartbeat, QueueItem, Registry, RegistryError};
+use sluice_runtime::{CancellationToken, Role, RoleError};
+use sluice_tasks::TaskPlugins;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
 
+use crate::host::HostSampler;
+use crate::outbox::Outbox;
+use crate::running::Running;
+pub use crate::running::TaskAttempt;
+
+/// How long [`Worker`]'s `stop` lets running tasks finish (and their
+/// events reach their masters) before killing what is left.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits after a failed queue take: the registry reconnects on its own.
+const TAKE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const TAKE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot create worker directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot register worker {addr} in group `{group}`: {source}")]
+    Register {
+        addr: String,
+        group: String,
+        source: RegistryError,
+    },
+    #[error("worker is already started")]
+    AlreadyStarted,
+}
+
+/// What the take loop, the task runners, the gRPC service and the
+/// heartbeats share.
+pub(crate) struct Shared {
+    /// The advertised `host:port`, sent with every event.
+    pub(crate) addr: String,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) log_dir: PathBuf,
+    pub(crate) kill_grace: Duration,
+    pub(crate) plugins: TaskPlugins,
+    pub(crate) running: Arc<Running>,
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+impl Shared {
+    /// Queues an event of `dispatch`'s attempt for its master.
+    pub(crate) fn report(&self, dispatch: &TaskDispatch, event: Event) {
+        let request = TaskEventRequest {
+            workflow_instance_id: dispatch.workflow_instance_id.get(),
+            task_instance_id: dispatch.task_instance_id.get(),
+            attempt: dispatch.attempt,
+            worker: self.addr.clone(),
+            event_time_ms: Utc::now().timestamp_millis(),
+            event: Some(event),
+        };
+        self.outbox.send(&dispatch.master, request);
+    }
+}
+
+/// The worker role. Build it with [`Worker::new`], start it through
+/// [`Role::start`]; after that [`Worker::addr`] is the address it registered
+/// and masters dial.
 pub struct Worker {
     config: WorkerConfig,
     registry: Arc<dyn Registry>,
+    plugins: TaskPlugins,
+    stop_timeout: Duration,
+    started: Option<Started>,
+}
+
+struct Started {
+    local_addr: SocketAddr,
+    slots: u32,
+    shared: Arc<Shared>,
+    semaphore: Arc<Semaphore>,
     heartbeats: Vec<Heartbeat>,
+    stop_taking: CancellationToken,
+    take_loop: JoinHandle<()>,
+    stop_serving: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Worker {
+    /// A worker running the built-in task types (see
+    /// [`Worker::with_plugins`]); nothing happens until it is started.
     pub fn new(config: WorkerConfig, registry: Arc<dyn Registry>) -> Self {
-        Worker { config, registry, heartbeats: Vec::new() }
+        Worker {
+            config,
+            registry,
+            plugins: TaskPlugins::builtin(),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            started: None,
+        }
     }
 
-    pub fn addr(&self) -> String {
-        self.config.advertise_addr()
+    /// Replaces the task types this worker can run.
+    pub fn with_plugins(mut self, plugins: TaskPlugins) -> Self {
+        self.plugins = plugins;
+        self
     }
+
+    /// How long `stop` waits for running tasks and undelivered events
+    /// before killing the tasks (default [`DEFAULT_STOP_TIMEOUT`]).
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The `host:port` masters dial and the worker registers under: once
+    /// started, `advertise` if configured, else the address actually bound
+    /// (a wildcard IP becomes loopback, port 0 becomes the real port).
+    /// Before start, the configured address.
+    pub fn addr(&self) -> String {
+        match &self.started {
+            Some(started) => started.shared.addr.clone(),
+            None => self.config.advertise_addr(),
+        }
+    }
+
+    /// The address the gRPC server is bound to, once started.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.started.as_ref().map(|s| s.local_addr)
+    }
+
+    /// Attempts taken and not yet finished, by task instance id.
+    pub fn running_tasks(&self) -> Vec<TaskAttempt> {
+        match &self.started {
+            Some(started) => started.shared.running.attempts(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Task events queued for masters and not yet accepted by them.
+    pub fn pending_events(&self) -> usize {
+        self.started
+            .as_ref()
+            .map_or(0, |s| s.shared.outbox.pending())
+    }
+
+    /// How many more tasks the worker would take now.
+    pub fn free_slots(&self) -> u32 {
+        self.started
+            .as_ref()
+            .map_or(0, |s| free_slots(s.slots, &s.shared.running))
+    }
+
+    async fn start_inner(&mut self) -> Result<(), WorkerError> {
+        if self.started.is_some() {
+            return Err(WorkerError::AlreadyStarted);
+        }
+        let work_dir = make_dir(&self.config.work_dir)?;
+        let log_dir = make_dir(&self.config.log_dir)?;
+
+        let listen = self.config.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| WorkerError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| WorkerError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let addr = sluice_config::advertise_addr(self.config.advertise.as_deref(), local_addr);
+
+        let running = Arc::new(Running::default());
+        let stop_serving = CancellationToken::new();
+        let server = {
+            let service = WorkerServiceServer::new(service::WorkerApi {
+                running: running.clone(),
+            });
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let stop = stop_serving.clone();
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            })
+        };
+
+        let slots = self.config.effective_slots();
+        let shared = Arc::new(Shared {
+            addr: addr.clone(),
+            work_dir: work_dir.clone(),
+            log_dir,
+            kill_grace: self.config.kill_grace,
+            plugins: self.plugins.clone(),
+            running,
+            outbox: Outbox::new(),
+        });
+
+        let heartbeats = match self.register(&shared, slots, work_dir).await {
+            Ok(heartbeats) => heartbeats,
+            Err(error) => {
+                stop_serving.cancel();
+                let _ = server.await;
+                return Err(error);
+            }
+        };
+
+        let semaphore = Arc::new(Semaphore::new(slots as usize));
+        let stop_taking = CancellationToken::new();
+        let take_loop = tokio::spawn(take_loop(
+            shared.clone(),
+            self.registry.clone(),
+            self.config.groups.clone(),
+            semaphore.clone(),
+            stop_taking.clone(),
+        ));
+        info!(%addr, %local_addr, groups = ?self.config.groups, slots, task_types = ?self.plugins.known(), "worker started");
+        self.started = Some(Started {
+            local_addr,
+            slots,
+            shared,
+            semaphore,
+            heartbeats,
+            stop_taking,
+            take_loop,
+            stop_serving,
+            server,
+        });
+        Ok(())
+    }
+
+    /// Registers `nodes/workers/<group>/<addr>` for every group.
+    async fn register(
+        &self,
+        shared: &Arc<Shared>,
+        slots: u32,
+        work_dir: PathBuf,
+    ) -> Result<Vec<Heartbeat>, WorkerError> {
+        let started_at = Utc::now();
+        let sampler = Arc::new(HostSampler::new(work_dir));
+        let mut heartbeats = Vec::new();
+        for group in &self.config.groups {
+            let data = {
+                let (shared, sampler, groups) =
+                    (shared.clone(), sampler.clone(), self.config.groups.clone());
+                move || {
+                    let mut running: Vec<TaskInstanceId> = shared
+                        .running
+                        .attempts()
+                        .into_iter()
+                        .map(|a| a.task_instance_id)
+                        .collect();
+                    running.dedup();
+                    let beat = WorkerHeartbeat {
+                        addr: shared.addr.clone(),
+                        groups: groups.clone(),
+                        started_at,
+                        heartbeat_at: Utc::now(),
+                        slots,
+                        free_slots: free_slots(slots, &shared.running),
+                        running,
+                        host: sampler.sample(),
+                    };
+                    serde_json::to_vec(&beat).unwrap_or_default()
+                }
+            };
+            let path = paths::worker_node(group, &shared.addr);
+            match Heartbeat::start(
+                self.registry.clone(),
+                path,
+                self.config.heartbeat_interval,
+                data,
+            )
+            .await
+            {
+                Ok(heartbeat) => heartbeats.push(heartbeat),
+                Err(source) => {
+                    for heartbeat in heartbeats {
+                        heartbeat.stop().await;
+                    }
+                    return Err(WorkerError::Register {
+                        addr: shared.addr.clone(),
+                        group: group.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(heartbeats)
+    }
+
+    async fn stop_inner(&mut self) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+
+        // No new work from now on; a take in flight is dropped, which the
+        // registry guarantees loses nothing.
+        started.stop_taking.cancel();
+        let _ = started.take_loop.await;
+
+        // Every slot back means every attempt has finished and queued its
+        // last event. Heartbeats keep going meanwhile: a worker that
+        // vanished from the registry would have its tasks failed over while
+        // they still run here.
+        let all_slots = started.semaphore.acquire_many(started.slots);
+        let drained = tokio::time::timeout_at(deadline, all_slots).await.is_ok();
+        if !drained {
+            let left = started
+                .shared
+                .running
+                .stop_all(running::StopCause::Shutdown);
+            warn!(
+                tasks = left,
+                "tasks still running at the stop deadline; killing them"
+            );
+            let grace = started.shared.kill_grace + Duration::from_secs(5);
+            if tokio::time::timeout(grace, started.semaphore.acquire_many(started.slots))
+                .await
+                .is_err()
+            {
+                error!(
+                    tasks = started.shared.running.len(),
+                    "tasks did not end after being killed"
+                );
+            }
+        }
+
+        let flush_until = deadline.max(tokio::time::Instant::now() + Duration::from_secs(2));
+        if tokio::time::timeout_at(flush_until, started.shared.outbox.flushed())
+            .await
+            .is_err()
+        {
+            warn!(
+                events = started.shared.outbox.pending(),
+                "task events not delivered before stop; they are lost"
+            );
+        }
+        started.shared.outbox.close();
+
+        for heartbeat in started.heartbeats {
+            heartbeat.stop().await;
+        }
+        started.stop_serving.cancel();
+        match started.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "worker gRPC server failed"),
+            Err(error) => warn!(%error, "worker gRPC server task failed"),
+        }
+        info!(addr = %started.shared.addr, "worker stopped");
+    }
+}
+
+fn free_slots(slots: u32, running: &Running) -> u32 {
+    slots.saturating_sub(u32::try_from(running.len()).unwrap_or(u32::MAX))
+}
+
+/// Creates `dir` and makes it absolute, so that the paths the worker
+/// reports (logs) and runs (scripts, with cwd set to the task's directory)
+/// mean the same whatever the worker's own cwd.
+fn make_dir(dir: &std::path::Path) -> Result<PathBuf, WorkerError> {
+    let error = |source| WorkerError::Directory {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(error)?;
+    std::path::absolute(dir).map_err(error)
 }
 
 #[async_trait]
@@ -34,42 +416,94 @@ impl Role for Worker {
     }
 
     async fn start(&mut self) -> Result<(), RoleError> {
-        let addr = self.addr();
-        let started_at = Utc::now();
-        let slots = self.config.effective_slots();
-        for group in &self.config.groups {
-            let beat = {
-                let (addr, groups) = (addr.clone(), self.config.groups.clone());
-                move || {
-                    let beat = WorkerHeartbeat {
-                        addr: addr.clone(),
-                        groups: groups.clone(),
-                        started_at,
-                        heartbeat_at: Utc::now(),
-                        slots,
-                        free_slots: slots,
-                        running: Vec::new(),
-                    };
-                    serde_json::to_vec(&beat).expect("heartbeat serializes")
-                }
-            };
-            let heartbeat = Heartbeat::start(
-                self.registry.clone(),
-                paths::worker_node(group, &addr),
-                self.config.heartbeat_interval,
-                beat,
-            )
-            .await?;
-            self.heartbeats.push(heartbeat);
-        }
-        tracing::info!(%addr, groups = ?self.config.groups, slots, "worker registered");
-        Ok(())
+        Ok(self.start_inner().await?)
     }
 
     async fn stop(&mut self) -> Result<(), RoleError> {
-        for heartbeat in self.heartbeats.drain(..) {
-            heartbeat.stop().await;
-        }
+        self.stop_inner().await;
         Ok(())
     }
+}
+
+/// Takes one task per free slot, forever: a slot first, then the lowest
+/// key of any of the worker's groups, so that a busy worker leaves queued
+/// tasks to idle workers and a single-slot worker runs them in key order.
+async fn take_loop(
+    shared: Arc<Shared>,
+    registry: Arc<dyn Registry>,
+    groups: Vec<String>,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    if groups.is_empty() {
+        warn!("worker has no groups; it will take no tasks");
+        return;
+    }
+    let mut first_group = 0;
+    let mut retry = TAKE_RETRY_FIRST;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let taken = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            taken = take_any(&registry, &groups, first_group) => taken,
+        };
+        // Rotate which group is asked first, so that one always-full group
+        // cannot starve the others.
+        first_group = (first_group + 1) % groups.len();
+        match taken {
+            Ok((group, item)) => {
+                retry = TAKE_RETRY_FIRST;
+                tokio::spawn(executor::run(shared.clone(), group, item, permit));
+            }
+            Err(RegistryError::Closed) => {
+                warn!("registry session closed; no longer taking tasks");
+                return;
+            }
+            Err(error) => {
+                drop(permit);
+                warn!(%error, retry_in = ?retry, "cannot take from the task queue");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(TAKE_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// The first entry any of `groups` yields. Losing takes are dropped, which
+/// is safe because `queue_take` is cancel-safe.
+async fn take_any(
+    registry: &Arc<dyn Registry>,
+    groups: &[String],
+    first: usize,
+) -> Result<(String, QueueItem), RegistryError> {
+    if let [group] = groups {
+        return registry
+            .queue_take(group)
+            .await
+            .map(|item| (group.clone(), item));
+    }
+    let takes: Vec<BoxFuture<'_, Result<(String, QueueItem), RegistryError>>> = (0..groups.len())
+        .map(|i| &groups[(first + i) % groups.len()])
+        .map(|group| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                registry
+                    .queue_take(group)
+                    .await
+                    .map(|item| (group.clone(), item))
+            })
+        })
+        .collect();
+    let (taken, _, _) = select_all(takes).await;
+    taken
 }

@@ -167,6 +167,9 @@ pub struct MasterConfig {
     /// How many command rows one scan claims: bounds the work one master grabs at once,
     /// so that others get a share.
     pub command_batch: u32,
+    /// How often a master looks for new commands when nothing woke it earlier.
+    #[serde(with = "humantime_serde")]
+    pub command_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// How long a lost master's work waits before another master takes it over, so that
@@ -181,6 +184,7 @@ impl Default for MasterConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5678)),
             advertise: None,
             command_batch: 100,
+            command_interval: Duration::from_millis(100),
             heartbeat_interval: Duration::from_secs(5),
             failover_grace: Duration::from_secs(30),
         }

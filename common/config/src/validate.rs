@@ -27,6 +27,7 @@ impl Config {
             host_port("master.advertise", advertise)?;
         }
         at_least_one("master.command_batch", self.master.command_batch)?;
+        positive("master.command_interval", self.master.command_interval)?;
         positive("master.heartbeat_interval", self.master.heartbeat_interval)?;
 
         if let Some(advertise) = &self.worker.advertise {

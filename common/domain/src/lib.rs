@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod heartbeat;
 pub mod ids;
 pub mod model;
+pub mod plan;
 pub mod queue;
 pub mod state;
 
@@ -15,6 +16,7 @@ pub use dispatch::TaskDispatch;
 pub use heartbeat::{MasterHeartbeat, WorkerHeartbeat};
 pub use ids::*;
 pub use model::*;
+pub use plan::RunView;
 pub use queue::QueueKey;
 pub use state::{
     InvalidTransition, TaskEvent, TaskState, WorkflowEvent, WorkflowState,

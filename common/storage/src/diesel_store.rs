@@ -298,6 +298,31 @@ macro_rules! store_impl {
             }
         }
 
+        fn adopt(c: &mut Conn, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstanceRow> {
+            diesel::update(workflow_instances::table.find(id.get()))
+                .set((
+                    workflow_instances::owner.eq(owner),
+                    workflow_instances::owner_epoch.eq(workflow_instances::owner_epoch + 1),
+                    workflow_instances::updated_at.eq(now_ms()),
+                ))
+                .returning(WorkflowInstanceRow::as_returning())
+                .get_result(c)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("workflow instance {id}")))
+        }
+
+        /// Deletes a command that `owner` claimed; refuses if another master
+        /// holds it (it was released and re-claimed meanwhile).
+        fn delete_claimed_command(c: &mut Conn, command: CommandId, owner: Option<&str>) -> Result<()> {
+            let deleted = diesel::delete(commands::table.find(command.get()))
+                .filter(commands::owner.eq(owner))
+                .execute(c)?;
+            if deleted == 0 {
+                return Err(StoreError::Conflict(format!("command {command} is not claimed by {}", owner.unwrap_or("nobody"))));
+            }
+            Ok(())
+        }
+
         fn insert_instance(c: &mut Conn, new: &NewWorkflowInstance, now: i64) -> Result<WorkflowInstanceRow> {
             let (project_id, name): (i64, String) = workflows::table
                 .find(new.workflow_id.get())
@@ -748,6 +773,30 @@ macro_rules! store_impl {
                 self.run(move |c: &mut Conn| insert_instance(c, &new, now_ms())?.into_domain()).await
             }
 
+            async fn create_instance_for_command(&self, command: CommandId, new: &NewWorkflowInstance) -> Result<WorkflowInstance> {
+                let new = new.clone();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let row = insert_instance(c, &new, now_ms())?;
+                        delete_claimed_command(c, command, new.owner.as_deref())?;
+                        row.into_domain()
+                    })
+                })
+                .await
+            }
+
+            async fn adopt_instance_for_command(&self, command: CommandId, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance> {
+                let owner = owner.to_owned();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let row = adopt(c, id, &owner)?;
+                        delete_claimed_command(c, command, Some(&owner))?;
+                        row.into_domain()
+                    })
+                })
+                .await
+            }
+
             async fn workflow_instance(&self, id: WorkflowInstanceId) -> Result<Option<WorkflowInstance>> {
                 self.run(move |c: &mut Conn| {
                     workflow_instances::table
@@ -788,20 +837,7 @@ macro_rules! store_impl {
 
             async fn adopt_workflow_instance(&self, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance> {
                 let owner = owner.to_owned();
-                self.run(move |c: &mut Conn| {
-                    diesel::update(workflow_instances::table.find(id.get()))
-                        .set((
-                            workflow_instances::owner.eq(&owner),
-                            workflow_instances::owner_epoch.eq(workflow_instances::owner_epoch + 1),
-                            workflow_instances::updated_at.eq(now_ms()),
-                        ))
-                        .returning(WorkflowInstanceRow::as_returning())
-                        .get_result(c)
-                        .optional()?
-                        .ok_or_else(|| StoreError::NotFound(format!("workflow instance {id}")))?
-                        .into_domain()
-                })
-                .await
+                self.run(move |c: &mut Conn| adopt(c, id, &owner)?.into_domain()).await
             }
 
             async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance> {

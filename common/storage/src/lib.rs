@@ -106,6 +106,14 @@ pub trait Store: Send + Sync + 'static {
 
     // --- workflow instances
     async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
+    /// Creates the instance a claimed command asks for and deletes the
+    /// command, in one transaction: a master that dies in between leaves
+    /// either the command (to be released and claimed again) or the
+    /// instance (to be failed over), never both.
+    async fn create_instance_for_command(&self, command: CommandId, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
+    /// Adopts a pre-created instance for `owner` and deletes the command
+    /// that asked for it, in one transaction.
+    async fn adopt_instance_for_command(&self, command: CommandId, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance>;
     async fn workflow_instance(&self, id: WorkflowInstanceId) -> Result<Option<WorkflowInstance>>;
     async fn list_workflow_instances(&self, filter: &InstanceFilter) -> Result<Vec<WorkflowInstance>>;
     /// Makes `owner` the owner and bumps the epoch: every write fenced with

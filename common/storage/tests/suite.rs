@@ -69,6 +69,7 @@ store_suite!(
     instances_are_listed_newest_first_with_filters,
     stale_fences_are_refused,
     task_instances_are_created_and_updated_under_the_fence,
+    a_command_becomes_an_instance_atomically,
 );
 
 fn task(name: &str, deps: &[&str]) -> TaskSpec {
@@ -580,4 +581,27 @@ async fn bad_urls_are_refused_with_the_reason() {
     }
     let err = sluice_storage::open("postgres://nobody@127.0.0.1:1/none", PoolOptions { size: 1, connect_timeout: Duration::from_millis(500) }).await.err().unwrap();
     assert!(err.is_retryable(), "an unreachable server is worth retrying: {err}");
+}
+
+async fn a_command_becomes_an_instance_atomically(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let id = store.insert_command(&NewCommand::start(w.id)).await.unwrap();
+    // Not claimed by us: refused, nothing written.
+    let err = store.create_instance_for_command(id, &new_instance(&w, Some("m1:1"))).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(store.list_workflow_instances(&InstanceFilter { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    assert_eq!(store.claim_commands("m1:1", 10).await.unwrap().len(), 1);
+    let wi = store.create_instance_for_command(id, &new_instance(&w, Some("m1:1"))).await.unwrap();
+    assert_eq!(wi.owner.as_deref(), Some("m1:1"));
+    assert!(store.unclaimed_commands().await.unwrap().is_empty());
+    assert!(store.claim_commands("m1:1", 10).await.unwrap().is_empty(), "the command is gone");
+
+    // A pre-created instance is adopted and its command consumed together.
+    let (pre, cmd) = store.submit_run(&new_instance(&w, None), &NewCommand::start(w.id)).await.unwrap();
+    store.claim_commands("m2:1", 10).await.unwrap();
+    let adopted = store.adopt_instance_for_command(cmd, pre, "m2:1").await.unwrap();
+    assert_eq!((adopted.owner.as_deref(), adopted.owner_epoch), (Some("m2:1"), 2));
+    let err = store.adopt_instance_for_command(cmd, pre, "m2:1").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(store.workflow_instance(pre).await.unwrap().unwrap().owner_epoch, 2, "the refused adoption was rolled back");
 }

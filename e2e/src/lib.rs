@@ -1,0 +1,272 @@
+//! The cluster sandbox (STYLE.md §5): starts Sluice the two ways it is
+//! deployed, on real components, for end-to-end tests.
+//!
+//! - [`Sandbox::standalone`]: one master and one worker sharing the embedded
+//!   registry, on a SQLite file, as `sluice standalone` runs them.
+//! - [`Sandbox::cluster`]: N masters and M workers, each with its own
+//!   ZooKeeper session and database pool (as separate processes would have),
+//!   on the real ZooKeeper from `SLUICE_TEST_ZK` (under a unique root) and a
+//!   fresh database on the real PostgreSQL.
+//!
+//! Every role listens on port 0. Tests submit work through the store, as the
+//! API does, and wait on state, never on fixed sleeps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_config::{MasterConfig, WorkerConfig};
+use sluice_domain::*;
+use sluice_master::Master;
+use sluice_registry::{EmbeddedRegistry, Registry, ZkRegistry};
+use sluice_runtime::Role;
+use sluice_storage::{PgStore, PoolOptions, SqliteStore, Store};
+use sluice_testkit::postgres::TempDatabase;
+use sluice_worker::Worker;
+
+/// How the sandbox's roles reach each other.
+enum Registries {
+    /// One in-process registry shared by every role, as in standalone.
+    Embedded(Arc<dyn Registry>),
+    /// A ZooKeeper session per role under one cluster root.
+    ZooKeeper { address: String, root: String },
+}
+
+enum Database {
+    Sqlite(String),
+    Postgres(TempDatabase),
+}
+
+pub struct Sandbox {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    registries: Registries,
+    database: Database,
+    masters: Vec<Master>,
+    workers: Vec<Worker>,
+    sessions: Vec<Arc<dyn Registry>>,
+    dir: tempfile::TempDir,
+    project: ProjectId,
+}
+
+/// Logs to the test output once per process (`RUST_LOG` picks the level).
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+impl Sandbox {
+    /// `sluice standalone`: one master and one worker (4 slots, group
+    /// `default`) on SQLite and the embedded registry.
+    pub async fn standalone() -> Sandbox {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sluice.db").to_string_lossy().into_owned();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, PoolOptions::sized(8)).await.expect("open sqlite"));
+        let registry: Arc<dyn Registry> = Arc::new(EmbeddedRegistry::new().session());
+        let mut sandbox = Sandbox::assemble("standalone", store, Registries::Embedded(registry), Database::Sqlite(path), dir).await;
+        sandbox.add_master().await;
+        sandbox.add_worker(&["default"], 4).await;
+        sandbox
+    }
+
+    /// A cluster of `masters` masters and `workers` workers (4 slots each,
+    /// group `default`) on the real ZooKeeper and PostgreSQL.
+    pub async fn cluster(masters: usize, workers: usize) -> Sandbox {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = tokio::task::spawn_blocking(TempDatabase::create).await.expect("create database");
+        let store: Arc<dyn Store> = Arc::new(PgStore::open(db.url(), PoolOptions::sized(8)).await.expect("open postgres"));
+        let registries = Registries::ZooKeeper {
+            address: sluice_testkit::zookeeper::zookeeper_address(),
+            root: sluice_testkit::zookeeper::unique_root("e2e"),
+        };
+        let mut sandbox = Sandbox::assemble("cluster", store, registries, Database::Postgres(db), dir).await;
+        for _ in 0..masters {
+            sandbox.add_master().await;
+        }
+        for _ in 0..workers {
+            sandbox.add_worker(&["default"], 4).await;
+        }
+        sandbox
+    }
+
+    async fn assemble(name: &'static str, store: Arc<dyn Store>, registries: Registries, database: Database, dir: tempfile::TempDir) -> Sandbox {
+        let project = store.create_project("e2e", "end-to-end tests", &Params::new()).await.expect("create project").id;
+        Sandbox { name, store, registries, database, masters: Vec::new(), workers: Vec::new(), sessions: Vec::new(), dir, project }
+    }
+
+    /// "standalone" or "cluster", for messages.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A scratch directory tests may use for files their tasks write.
+    pub fn scratch(&self) -> std::path::PathBuf {
+        let dir = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// A role's own view of the database and registry: shared in standalone,
+    /// separate (like another process) in a cluster.
+    async fn connect(&mut self) -> (Arc<dyn Store>, Arc<dyn Registry>) {
+        match &self.registries {
+            Registries::Embedded(registry) => (self.store.clone(), registry.clone()),
+            Registries::ZooKeeper { address, root } => {
+                let registry: Arc<dyn Registry> =
+                    Arc::new(ZkRegistry::connect(address, root, Duration::from_secs(10)).await.expect("connect zookeeper"));
+                self.sessions.push(registry.clone());
+                let store: Arc<dyn Store> = match &self.database {
+                    Database::Postgres(db) => Arc::new(PgStore::open(db.url(), PoolOptions::sized(4)).await.expect("open postgres")),
+                    Database::Sqlite(path) => Arc::new(SqliteStore::open(path, PoolOptions::sized(4)).await.expect("open sqlite")),
+                };
+                (store, registry)
+            }
+        }
+    }
+
+    pub async fn add_master(&mut self) {
+        let (store, registry) = self.connect().await;
+        let config = MasterConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            command_interval: Duration::from_millis(20),
+            ..MasterConfig::default()
+        };
+        let mut master = Master::new(config, store, registry);
+        master.start().await.expect("start master");
+        self.masters.push(master);
+    }
+
+    /// Starts a worker serving `groups` with `slots` slots.
+    pub async fn add_worker(&mut self, groups: &[&str], slots: u32) {
+        let (_, registry) = self.connect().await;
+        let n = self.workers.len();
+        let config = WorkerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            slots: Some(slots),
+            heartbeat_interval: Duration::from_secs(1),
+            work_dir: self.dir.path().join(format!("worker-{n}/work")),
+            log_dir: self.dir.path().join(format!("worker-{n}/logs")),
+            kill_grace: Duration::from_secs(2),
+            ..WorkerConfig::default()
+        };
+        let mut worker = Worker::new(config, registry).with_stop_timeout(Duration::from_secs(5));
+        worker.start().await.expect("start worker");
+        self.workers.push(worker);
+    }
+
+    /// Stores `spec` in the sandbox's project.
+    pub async fn apply(&self, spec: &WorkflowSpec) -> WorkflowId {
+        spec.validate().expect("valid workflow");
+        self.store.save_workflow(self.project, spec).await.expect("save workflow").id
+    }
+
+    /// Submits a run of `workflow` the way the API does: the instance row
+    /// exists before any master picked up the command.
+    pub async fn run(&self, workflow: WorkflowId) -> WorkflowInstanceId {
+        let def = self.store.workflow_by_id(workflow, None).await.expect("load").expect("workflow exists");
+        let instance = NewWorkflowInstance {
+            workflow_id: def.id,
+            workflow_version: def.version,
+            command_kind: CommandKind::Start,
+            params: Params::new(),
+            priority: def.priority,
+            worker_group: def.worker_group.clone(),
+            failure_strategy: def.failure_strategy,
+            schedule_time: None,
+            owner: None,
+        };
+        let mut command = NewCommand::start(def.id);
+        command.workflow_version = Some(def.version);
+        self.store.submit_run(&instance, &command).await.expect("submit run").0
+    }
+
+    pub async fn stop(&self, instance: WorkflowInstanceId) {
+        self.command(instance, CommandKind::Stop, Vec::new()).await;
+    }
+
+    pub async fn kill_task(&self, instance: WorkflowInstanceId, task: &str) {
+        self.command(instance, CommandKind::KillTask, vec![task.to_owned()]).await;
+    }
+
+    async fn command(&self, instance: WorkflowInstanceId, kind: CommandKind, tasks: Vec<String>) {
+        let wi = self.store.workflow_instance(instance).await.expect("load").expect("instance exists");
+        let mut command = NewCommand::start(wi.workflow_id);
+        command.kind = kind;
+        command.workflow_instance_id = Some(instance);
+        command.start_tasks = tasks;
+        self.store.insert_command(&command).await.expect("insert command");
+    }
+
+    /// Waits until `check` holds for the instance and its tasks; panics
+    /// with the last state seen after `within`.
+    pub async fn wait_until(
+        &self,
+        instance: WorkflowInstanceId,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&WorkflowInstance, &[TaskInstance]) -> bool,
+    ) -> (WorkflowInstance, Vec<TaskInstance>) {
+        let deadline = Instant::now() + within;
+        loop {
+            let wi = self.store.workflow_instance(instance).await.expect("load").expect("instance exists");
+            let tasks = self.store.task_instances(instance).await.expect("load tasks");
+            if check(&wi, &tasks) {
+                return (wi, tasks);
+            }
+            if Instant::now() > deadline {
+                let summary: Vec<String> = tasks.iter().map(|t| format!("{}={}#{}", t.name, t.state, t.attempt)).collect();
+                panic!("[{}] {what}: not reached within {within:?}; instance {} is {} with tasks {summary:?}", self.name, wi.id, wi.state);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the instance to reach a final state.
+    pub async fn wait_finished(&self, instance: WorkflowInstanceId, within: Duration) -> (WorkflowInstance, Vec<TaskInstance>) {
+        self.wait_until(instance, within, "finish", |wi, _| wi.state.is_final()).await
+    }
+
+    /// Stops every role (workers first, so they report what they ran).
+    pub async fn shutdown(mut self) {
+        for mut worker in self.workers.drain(..) {
+            let _ = worker.stop().await;
+        }
+        for mut master in self.masters.drain(..) {
+            let _ = master.stop().await;
+        }
+        for session in self.sessions.drain(..) {
+            session.close().await;
+        }
+    }
+}
+
+/// A shell task with `script`.
+pub fn shell(name: &str, script: &str, deps: &[&str]) -> TaskSpec {
+    let mut task = TaskSpec::new(name, "shell");
+    task.body.insert("script".into(), script.into());
+    task.deps = deps.iter().map(|d| d.to_string()).collect();
+    task
+}
+
+/// A workflow of `tasks` with default settings.
+pub fn workflow(name: &str, tasks: Vec<TaskSpec>) -> WorkflowSpec {
+    WorkflowSpec {
+        name: name.into(),
+        description: String::new(),
+        params: Params::new(),
+        failure_strategy: FailureStrategy::End,
+        priority: Priority::Medium,
+        worker_group: WorkerGroup::default(),
+        tasks,
+    }
+}

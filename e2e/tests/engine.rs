@@ -1,0 +1,256 @@
+//! The execution engine end to end, in both deployments: standalone (SQLite,
+//! embedded registry) and a 2-master / 2-worker cluster (PostgreSQL,
+//! ZooKeeper). Tasks are real processes; tests wait on state.
+
+use std::time::Duration;
+
+use sluice_domain::*;
+use sluice_e2e::{shell, workflow, Sandbox};
+
+/// Instantiates each scenario for both deployments.
+macro_rules! both_deployments {
+    ($($test:ident),+ $(,)?) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(sluice_e2e::Sandbox::standalone().await).await;
+                }
+            )+
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(sluice_e2e::Sandbox::cluster(2, 2).await).await;
+                }
+            )+
+        }
+    };
+}
+
+both_deployments!(
+    diamond_runs_its_middle_tasks_in_parallel,
+    a_task_that_fails_twice_succeeds_on_its_third_attempt,
+    a_timeout_with_strategy_fail_kills_the_process_group,
+    failure_strategy_continue_runs_the_other_branch,
+    failure_strategy_end_kills_the_other_branch,
+    queued_tasks_start_in_priority_order_on_a_one_slot_worker,
+    a_running_task_can_be_killed,
+    a_workflow_instance_can_be_stopped,
+);
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn task<'a>(tasks: &'a [TaskInstance], name: &str) -> &'a TaskInstance {
+    tasks.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no task instance `{name}`"))
+}
+
+fn pid_alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+async fn diamond_runs_its_middle_tasks_in_parallel(sandbox: Sandbox) {
+    let spec = workflow(
+        "diamond",
+        vec![
+            shell("a", "echo a", &[]),
+            shell("b", "sleep 1", &["a"]),
+            shell("c", "sleep 1", &["a"]),
+            shell("d", "echo d", &["b", "c"]),
+        ],
+    );
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(tasks.len(), 4);
+    assert!(tasks.iter().all(|t| t.state == TaskState::Success && t.attempt == 1 && t.exit_code == Some(0)));
+    let (a, b, c, d) = (task(&tasks, "a"), task(&tasks, "b"), task(&tasks, "c"), task(&tasks, "d"));
+    let (bs, be, cs, ce) = (b.start_time.unwrap(), b.end_time.unwrap(), c.start_time.unwrap(), c.end_time.unwrap());
+    assert!(bs < ce && cs < be, "[{}] b ({bs}..{be}) and c ({cs}..{ce}) did not overlap", sandbox.name());
+    assert!(a.end_time.unwrap() <= bs.min(cs), "b or c started before a ended");
+    assert!(d.start_time.unwrap() >= be.max(ce), "d started before b and c ended");
+    assert!(wi.start_time.is_some() && wi.end_time.is_some());
+    sandbox.shutdown().await;
+}
+
+async fn a_task_that_fails_twice_succeeds_on_its_third_attempt(sandbox: Sandbox) {
+    let counter = sandbox.scratch().join("attempts");
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; echo \"attempt $SLUICE_ATTEMPT\"; [ $n -ge 3 ]",
+        c = counter.display()
+    );
+    let mut flaky = shell("flaky", &script, &[]);
+    flaky.retries = 2;
+    flaky.retry_interval = Duration::from_millis(200);
+    let id = sandbox.run(sandbox.apply(&workflow("retries", vec![flaky])).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    let t = task(&tasks, "flaky");
+    assert_eq!((t.state, t.attempt, t.failovers, t.exit_code), (TaskState::Success, 3, 0, Some(0)));
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
+    sandbox.shutdown().await;
+}
+
+async fn a_timeout_with_strategy_fail_kills_the_process_group(sandbox: Sandbox) {
+    let dir = sandbox.scratch();
+    let script = format!(
+        "echo $$ > {d}/leader.pid; sleep 60 & echo $! > {d}/child.pid; sleep 60",
+        d = dir.display()
+    );
+    let mut slow = shell("slow", &script, &[]);
+    slow.timeout = Some(Duration::from_secs(2));
+    slow.timeout_strategy = TimeoutStrategy::Fail;
+    slow.retries = 0;
+    let id = sandbox.run(sandbox.apply(&workflow("timeout", vec![slow, shell("after", "echo never", &["slow"])])).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(tasks.len(), 1, "the downstream task must not run");
+    let t = task(&tasks, "slow");
+    assert_eq!(t.state, TaskState::Failure);
+    let ran = t.end_time.unwrap() - t.start_time.unwrap();
+    assert!(ran >= chrono::Duration::seconds(2) && ran < chrono::Duration::seconds(30), "ran {ran}");
+    for pid_file in ["leader.pid", "child.pid"] {
+        let pid = std::fs::read_to_string(dir.join(pid_file)).unwrap();
+        assert!(!pid_alive(&pid), "[{}] {pid_file} {} survived the timeout", sandbox.name(), pid.trim());
+    }
+    sandbox.shutdown().await;
+}
+
+/// a fails; c → d is another branch.
+fn two_branches(strategy: FailureStrategy, c_script: &str) -> WorkflowSpec {
+    let mut spec = workflow(
+        "branches",
+        vec![
+            shell("a", "sleep 0.5; exit 3", &[]),
+            shell("b", "echo b", &["a"]),
+            shell("c", c_script, &[]),
+            shell("d", "echo d", &["c"]),
+        ],
+    );
+    spec.failure_strategy = strategy;
+    spec
+}
+
+async fn failure_strategy_continue_runs_the_other_branch(sandbox: Sandbox) {
+    let id = sandbox.run(sandbox.apply(&two_branches(FailureStrategy::Continue, "sleep 1.5")).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!((task(&tasks, "a").state, task(&tasks, "a").exit_code), (TaskState::Failure, Some(3)));
+    assert_eq!(task(&tasks, "c").state, TaskState::Success);
+    assert_eq!(task(&tasks, "d").state, TaskState::Success, "d is not below the failure and must run");
+    assert!(tasks.iter().all(|t| t.name != "b"), "b is below the failure and must not run");
+    sandbox.shutdown().await;
+}
+
+async fn failure_strategy_end_kills_the_other_branch(sandbox: Sandbox) {
+    let id = sandbox.run(sandbox.apply(&two_branches(FailureStrategy::End, "sleep 30")).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(task(&tasks, "a").state, TaskState::Failure);
+    let c = task(&tasks, "c");
+    assert_eq!(c.state, TaskState::Killed, "the running sibling is killed");
+    assert!((c.end_time.unwrap() - c.start_time.unwrap()) < chrono::Duration::seconds(20));
+    assert!(tasks.iter().all(|t| t.name != "b" && t.name != "d"), "nothing new starts after the failure");
+    sandbox.shutdown().await;
+}
+
+async fn queued_tasks_start_in_priority_order_on_a_one_slot_worker(mut sandbox: Sandbox) {
+    // 20 independent tasks in a group no worker serves yet, so all of them
+    // are queued before the one-slot worker arrives.
+    let priorities = [Priority::Low, Priority::Highest, Priority::Medium, Priority::Lowest, Priority::High];
+    let tasks: Vec<TaskSpec> = (0..20)
+        .map(|i| {
+            let mut t = shell(&format!("t{i:02}"), "true", &[]);
+            t.priority = priorities[i % priorities.len()];
+            t
+        })
+        .collect();
+    let mut spec = workflow("priorities", tasks);
+    spec.worker_group = WorkerGroup::new("single").unwrap();
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    sandbox
+        .wait_until(id, MINUTE, "all 20 tasks queued", |_, tasks| {
+            tasks.len() == 20 && tasks.iter().all(|t| t.state == TaskState::Dispatched)
+        })
+        .await;
+    sandbox.add_worker(&["single"], 1).await;
+    let (wi, mut tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    tasks.sort_by_key(|t| (t.start_time.unwrap(), t.id));
+    let started: Vec<(u8, i64)> = tasks.iter().map(|t| (t.priority.rank(), t.id.get())).collect();
+    let mut expected = started.clone();
+    expected.sort();
+    assert_eq!(started, expected, "[{}] tasks did not start in (priority, id) order", sandbox.name());
+    for pair in tasks.windows(2) {
+        assert!(pair[0].end_time.unwrap() <= pair[1].start_time.unwrap(), "one slot: no overlap");
+    }
+    sandbox.shutdown().await;
+}
+
+async fn a_running_task_can_be_killed(sandbox: Sandbox) {
+    let dir = sandbox.scratch();
+    let script = format!("echo $$ > {}/victim.pid; sleep 60", dir.display());
+    let spec = workflow("kill", vec![shell("victim", &script, &[]), shell("after", "echo after", &["victim"])]);
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    sandbox.wait_until(id, MINUTE, "victim running", |_, t| t.iter().any(|t| t.name == "victim" && t.state == TaskState::Running)).await;
+    sandbox.kill_task(id, "victim").await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(task(&tasks, "victim").state, TaskState::Killed);
+    assert_eq!(tasks.len(), 1);
+    let pid = std::fs::read_to_string(dir.join("victim.pid")).unwrap();
+    assert!(!pid_alive(&pid), "the killed process is still alive");
+    sandbox.shutdown().await;
+}
+
+async fn a_workflow_instance_can_be_stopped(sandbox: Sandbox) {
+    let spec = workflow(
+        "stop",
+        vec![shell("one", "sleep 60", &[]), shell("two", "sleep 60", &[]), shell("three", "echo three", &["one"])],
+    );
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    sandbox
+        .wait_until(id, MINUTE, "both running", |_, t| t.iter().filter(|t| t.state == TaskState::Running).count() == 2)
+        .await;
+    sandbox.stop(id).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Stopped, "[{}] {tasks:?}", sandbox.name());
+    assert!(tasks.iter().all(|t| t.state == TaskState::Killed), "{tasks:?}");
+    assert_eq!(tasks.len(), 2);
+    sandbox.shutdown().await;
+}
+
+/// The first figure for the benchmark issue: per-task overhead of a chain of
+/// 40 `true` tasks. Run by hand:
+/// `cargo test --release -p sluice-e2e --test engine -- --ignored --nocapture chain40`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn chain40_overhead() {
+    for sandbox in [Sandbox::standalone().await, Sandbox::cluster(1, 1).await] {
+        let tasks: Vec<TaskSpec> = (0..40)
+            .map(|i| {
+                let prev = format!("t{:02}", i.max(1) - 1);
+                let deps: Vec<&str> = if i == 0 { vec![] } else { vec![prev.as_str()] };
+                shell(&format!("t{i:02}"), "true", &deps)
+            })
+            .collect();
+        let id = sandbox.run(sandbox.apply(&workflow("chain40", tasks)).await).await;
+        let (wi, mut tasks) = sandbox.wait_finished(id, Duration::from_secs(300)).await;
+        assert_eq!(wi.state, WorkflowState::Success);
+        let created = sandbox.store().workflow_instance(id).await.unwrap().unwrap().created_at;
+        let total = (wi.end_time.unwrap() - created).num_microseconds().unwrap() as f64 / 1000.0;
+        let run: f64 = tasks.iter().map(|t| (t.end_time.unwrap() - t.start_time.unwrap()).num_microseconds().unwrap() as f64 / 1000.0).sum();
+        tasks.sort_by_key(|t| t.name.clone());
+        let mut gaps: Vec<f64> = tasks.windows(2).map(|w| (w[1].start_time.unwrap() - w[0].end_time.unwrap()).num_microseconds().unwrap() as f64 / 1000.0).collect();
+        gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "chain40 [{}]: total {total:.0} ms, task run time {run:.0} ms, overhead per task {:.1} ms, gap p50 {:.1} ms max {:.1} ms",
+            sandbox.name(),
+            (total - run) / 40.0,
+            gaps[gaps.len() / 2],
+            gaps[gaps.len() - 1]
+        );
+        sandbox.shutdown().await;
+    }
+}

@@ -1,0 +1,146 @@
+//! The command loop: claim commands under the `locks/command-scan` lock and
+//! turn each into an instance this master drives, or route it to the driver
+//! of the instance it is aimed at.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_domain::*;
+use sluice_registry::paths;
+use sluice_storage::StoreError;
+
+use crate::driver::{self, DriverMsg};
+use crate::Shared;
+
+/// Re-adopts the non-final instances this address owned before a restart.
+pub(crate) async fn resume_owned(shared: &Arc<Shared>) -> Result<(), StoreError> {
+    for instance in shared.store.owned_workflow_instances(&shared.addr).await? {
+        if instance.state == WorkflowState::Paused {
+            continue;
+        }
+        // A new epoch fences off anything the previous incarnation still does.
+        let instance = shared.store.adopt_workflow_instance(instance.id, &shared.addr).await?;
+        tracing::info!(workflow_instance = %instance.id, state = %instance.state, "resuming owned instance");
+        driver::spawn(shared.clone(), instance);
+    }
+    Ok(())
+}
+
+pub(crate) async fn command_loop(shared: Arc<Shared>) {
+    let interval = shared.config.command_interval;
+    let mut backoff = interval;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        match scan(&shared).await {
+            Ok(()) => backoff = interval,
+            Err(error) => {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(%error, retry_in = ?backoff, "command scan failed");
+            }
+        }
+    }
+}
+
+async fn scan(shared: &Arc<Shared>) -> Result<(), String> {
+    let lock = paths::command_scan_lock();
+    let Some(guard) = shared.registry.try_lock(&lock, Duration::from_secs(1)).await.map_err(|e| e.to_string())? else {
+        return Ok(()); // another master is scanning
+    };
+    let claimed = shared.store.claim_commands(&shared.addr, shared.config.command_batch).await;
+    guard.release().await;
+    for command in claimed.map_err(|e| e.to_string())? {
+        let id = command.id;
+        let kind = command.spec.kind;
+        if let Err(error) = handle(shared, command).await {
+            tracing::error!(command = %id, %kind, %error, "command failed");
+        }
+    }
+    Ok(())
+}
+
+async fn handle(shared: &Arc<Shared>, command: Command) -> Result<(), StoreError> {
+    let spec = &command.spec;
+    match spec.kind {
+        CommandKind::Start => start(shared, &command).await,
+        CommandKind::Stop => {
+            let target = spec.workflow_instance_id.ok_or_else(|| StoreError::Conflict("stop needs an instance".into()))?;
+            if let Some(driver) = shared.driver(target) {
+                let _ = driver.send(DriverMsg::Stop);
+                shared.store.delete_command(command.id).await
+            } else {
+                stop_idle(shared, &command, target).await
+            }
+        }
+        CommandKind::KillTask => {
+            let target = spec.workflow_instance_id.ok_or_else(|| StoreError::Conflict("kill needs an instance".into()))?;
+            if let Some(driver) = shared.driver(target) {
+                for task in &spec.start_tasks {
+                    let _ = driver.send(DriverMsg::KillTask { task: task.clone() });
+                }
+            } else {
+                tracing::info!(workflow_instance = %target, "kill for an instance that is not running here; nothing to kill");
+            }
+            shared.store.delete_command(command.id).await
+        }
+        other => {
+            tracing::error!(command = %command.id, kind = %other, "command kind not supported by this master version; dropped");
+            shared.store.delete_command(command.id).await
+        }
+    }
+}
+
+/// Starts a run: adopts the instance the API pre-created, or creates one.
+async fn start(shared: &Arc<Shared>, command: &Command) -> Result<(), StoreError> {
+    let spec = &command.spec;
+    let instance = match spec.workflow_instance_id {
+        Some(id) => shared.store.adopt_instance_for_command(command.id, id, &shared.addr).await?,
+        None => {
+            let def = shared
+                .store
+                .workflow_by_id(spec.workflow_id, spec.workflow_version)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("workflow {}", spec.workflow_id)))?;
+            let mut params = def.params.clone();
+            params.extend(spec.params.clone());
+            let new = NewWorkflowInstance {
+                workflow_id: def.id,
+                workflow_version: def.version,
+                command_kind: spec.kind,
+                params: spec.params.clone(),
+                priority: spec.priority.unwrap_or(def.priority),
+                worker_group: spec.worker_group.clone().unwrap_or_else(|| def.worker_group.clone()),
+                failure_strategy: spec.failure_strategy.unwrap_or(def.failure_strategy),
+                schedule_time: spec.schedule_time,
+                owner: Some(shared.addr.clone()),
+            };
+            shared.store.create_instance_for_command(command.id, &new).await?
+        }
+    };
+    if instance.state.is_final() {
+        tracing::warn!(workflow_instance = %instance.id, state = %instance.state, "start command for a finished instance ignored");
+        return Ok(());
+    }
+    tracing::info!(workflow_instance = %instance.id, workflow = %instance.workflow_name, "workflow instance started");
+    driver::spawn(shared.clone(), instance);
+    Ok(())
+}
+
+/// A stop for an instance nobody drives: one still waiting to start is
+/// stopped at once; one already over stays as it is.
+async fn stop_idle(shared: &Arc<Shared>, command: &Command, target: WorkflowInstanceId) -> Result<(), StoreError> {
+    let instance = shared.store.adopt_instance_for_command(command.id, target, &shared.addr).await?;
+    if let Ok(next) = instance.state.transition(WorkflowEvent::Stop) {
+        if next == WorkflowState::Stopped {
+            let now = chrono::Utc::now();
+            shared
+                .store
+                .update_workflow_instance(instance.fence(), &WorkflowUpdate { state: Some(next), end_time: Some(Some(now)), ..Default::default() })
+                .await?;
+            tracing::info!(workflow_instance = %target, "stopped before it started");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,506 @@
+//! One workflow instance, driven as an async state machine on a tokio task.
+//!
+//! The driver owns the instance's in-memory state, persists every transition
+//! through the store (fenced by the instance's owner epoch) before acting on
+//! it, and reacts to task events, operator requests and retry timers. Pure
+//! decisions (what is ready, whether the run is over) come from
+//! [`sluice_domain::RunView`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use sluice_domain::*;
+use sluice_proto::v1::task_event_request::Event;
+use sluice_proto::v1::{TaskEventRequest, TaskOutcome};
+use sluice_registry::RegistryError;
+use sluice_storage::StoreError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::Shared;
+
+/// What a driver is told.
+pub(crate) enum DriverMsg {
+    /// A worker's event; `ack` says whether it was taken into account
+    /// (persisted, or recognised as stale).
+    Event { event: TaskEventRequest, ack: oneshot::Sender<bool> },
+    /// Operator: stop the instance, killing its running tasks.
+    Stop,
+    /// Operator: kill one task of the instance.
+    KillTask { task: String },
+}
+
+/// Why a driver gave up its instance.
+#[derive(Debug, thiserror::Error)]
+enum Abort {
+    /// Another master adopted the instance; this one must not touch it.
+    #[error("fenced: {0}")]
+    Fenced(StoreError),
+    #[error("storage: {0}")]
+    Store(StoreError),
+    #[error("registry: {0}")]
+    Registry(RegistryError),
+    #[error("master shutting down")]
+    Shutdown,
+    #[error("{0}")]
+    Broken(String),
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Fenced { .. } => Abort::Fenced(e),
+            other => Abort::Store(other),
+        }
+    }
+}
+
+impl From<RegistryError> for Abort {
+    fn from(e: RegistryError) -> Self {
+        Abort::Registry(e)
+    }
+}
+
+/// Starts driving `instance` (already owned by this master) and registers
+/// its message channel.
+pub(crate) fn spawn(shared: Arc<Shared>, instance: WorkflowInstance) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id = instance.id;
+    shared.drivers.lock().expect("drivers lock").insert(id, tx);
+    tokio::spawn(async move {
+        let result = match Driver::load(shared.clone(), instance).await {
+            Ok(mut driver) => driver.run(rx).await,
+            Err(abort) => Err(abort),
+        };
+        shared.drivers.lock().expect("drivers lock").remove(&id);
+        match result {
+            Ok(state) => tracing::info!(workflow_instance = %id, %state, "workflow instance finished"),
+            Err(Abort::Shutdown) => tracing::info!(workflow_instance = %id, "left for another master: shutting down"),
+            Err(Abort::Fenced(e)) => tracing::warn!(workflow_instance = %id, error = %e, "no longer the owner; letting go"),
+            Err(e) => tracing::error!(workflow_instance = %id, error = %e, "driver failed; the instance is left for recovery"),
+        }
+    });
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    instance: WorkflowInstance,
+    fence: Fence,
+    def: WorkflowDefinition,
+    dag: Dag,
+    project: String,
+    /// Parameters every task sees: project < workflow < run.
+    params: Params,
+    selected: BTreeSet<TaskNode>,
+    tasks: HashMap<TaskNode, TaskInstance>,
+    /// Retry timers of tasks in `RetryWait`.
+    retry_at: HashMap<TaskNode, Instant>,
+    /// Tasks to kill as soon as a worker reports them running (their queue
+    /// entry was already taken when the kill was decided).
+    kill_on_start: HashMap<TaskNode, String>,
+    stopping: bool,
+}
+
+fn ms_to_time(ms: i64) -> Timestamp {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
+}
+
+impl Driver {
+    async fn load(shared: Arc<Shared>, instance: WorkflowInstance) -> Result<Driver, Abort> {
+        let store = &shared.store;
+        let def = store
+            .workflow_by_id(instance.workflow_id, Some(instance.workflow_version))
+            .await?
+            .ok_or_else(|| Abort::Broken(format!("workflow {} version {} is gone", instance.workflow_id, instance.workflow_version)))?;
+        let dag = def.spec().validate().map_err(|e| Abort::Broken(format!("stored workflow is invalid: {e}")))?;
+        let project = store
+            .project_by_id(instance.project_id)
+            .await?
+            .ok_or_else(|| Abort::Broken(format!("project {} is gone", instance.project_id)))?;
+        let mut params = project.params.clone();
+        params.extend(def.params.clone());
+        params.extend(instance.params.clone());
+        let mut tasks = HashMap::new();
+        let mut retry_at = HashMap::new();
+        for task in store.task_instances(instance.id).await? {
+            let Some(node) = dag.node(&task.name) else { continue };
+            if task.state == TaskState::RetryWait {
+                let due = task.retry_at.unwrap_or_else(Utc::now);
+                let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                retry_at.insert(node, Instant::now() + wait);
+            }
+            tasks.insert(node, task);
+        }
+        let selected: BTreeSet<TaskNode> = (0..dag.len()).collect();
+        Ok(Driver {
+            fence: instance.fence(),
+            project: project.name,
+            shared,
+            instance,
+            def,
+            dag,
+            params,
+            selected,
+            tasks,
+            retry_at,
+            kill_on_start: HashMap::new(),
+            stopping: false,
+        })
+    }
+
+    fn states(&self) -> HashMap<TaskNode, TaskState> {
+        self.tasks.iter().map(|(n, t)| (*n, t.state)).collect()
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<DriverMsg>) -> Result<WorkflowState, Abort> {
+        match self.instance.state {
+            WorkflowState::Submitted => {
+                self.set_workflow_state(WorkflowEvent::Start, Some(Some(Utc::now())), None).await?;
+            }
+            WorkflowState::NeedFailover => self.set_workflow_state(WorkflowEvent::Adopt, None, None).await?,
+            WorkflowState::ReadyStop => self.stopping = true,
+            _ => {}
+        }
+        // Tasks created but never queued (a crash between the two writes).
+        let unqueued: Vec<TaskNode> = self.tasks.iter().filter(|(_, t)| t.state == TaskState::Submitted).map(|(n, _)| *n).collect();
+        for node in unqueued {
+            self.dispatch(node).await?;
+        }
+        self.dispatch_ready().await?;
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            let states = self.states();
+            let view = self.view(&states);
+            if let Some(outcome) = view.outcome(self.stopping) {
+                return self.finish(outcome).await;
+            }
+            let next_retry = self.retry_at.values().min().copied();
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Abort::Shutdown),
+                msg = rx.recv() => match msg {
+                    None => return Err(Abort::Shutdown),
+                    Some(msg) => self.handle(msg).await?,
+                },
+                _ = async { tokio::time::sleep_until(next_retry.expect("guarded")).await }, if next_retry.is_some() => {
+                    self.retry_due().await?;
+                }
+            }
+        }
+    }
+
+    fn view<'a>(&'a self, states: &'a HashMap<TaskNode, TaskState>) -> RunView<'a> {
+        RunView {
+            dag: &self.dag,
+            selected: &self.selected,
+            states,
+            failure_strategy: self.instance.failure_strategy,
+            halted: self.stopping,
+        }
+    }
+
+    async fn handle(&mut self, msg: DriverMsg) -> Result<(), Abort> {
+        match msg {
+            DriverMsg::Event { event, ack } => {
+                let result = self.on_event(event).await;
+                let _ = ack.send(result.is_ok());
+                result?;
+            }
+            DriverMsg::Stop => self.stop().await?,
+            DriverMsg::KillTask { task } => {
+                if let Some(node) = self.dag.node(&task) {
+                    self.kill(node, "killed by operator".into()).await?;
+                } else {
+                    tracing::warn!(workflow_instance = %self.instance.id, %task, "kill request for an unknown task");
+                }
+            }
+        }
+        self.dispatch_ready().await
+    }
+
+    async fn on_event(&mut self, event: TaskEventRequest) -> Result<(), Abort> {
+        let id = TaskInstanceId(event.task_instance_id);
+        let Some((&node, task)) = self.tasks.iter().find(|(_, t)| t.id == id) else {
+            tracing::warn!(workflow_instance = %self.instance.id, task_instance = %id, "event for an unknown task instance");
+            return Ok(());
+        };
+        if task.attempt != event.attempt {
+            tracing::debug!(task_instance = %id, attempt = event.attempt, current = task.attempt, "event of an earlier attempt ignored");
+            return Ok(());
+        }
+        let at = ms_to_time(event.event_time_ms);
+        match event.event {
+            Some(Event::Running(running)) => {
+                if task.state != TaskState::Dispatched {
+                    return Ok(()); // a repeat, or after the final event
+                }
+                tracing::info!(task_instance = %id, attempt = event.attempt, worker = %event.worker, pid = running.pid, "task running");
+                let update = TaskUpdate {
+                    host: Some(Some(event.worker.clone())),
+                    start_time: Some(Some(at)),
+                    log_path: Some(Some(running.log_path)).filter(|p| p.as_ref().is_some_and(|p| !p.is_empty())),
+                    ..Default::default()
+                };
+                self.set_task_state(node, TaskEvent::Start, update).await?;
+                if let Some(reason) = self.kill_on_start.remove(&node) {
+                    self.send_kill(node, reason);
+                }
+            }
+            Some(Event::Finished(finished)) => {
+                if task.state.is_final() || task.state == TaskState::RetryWait {
+                    return Ok(()); // a repeat
+                }
+                let outcome = TaskOutcome::try_from(finished.outcome).unwrap_or(TaskOutcome::Unspecified);
+                let mut update = TaskUpdate {
+                    exit_code: Some(finished.exit_code),
+                    end_time: Some(Some(at)),
+                    ..Default::default()
+                };
+                if task.host.is_none() {
+                    update.host = Some(Some(event.worker.clone()));
+                }
+                self.kill_on_start.remove(&node);
+                match outcome {
+                    TaskOutcome::Success => {
+                        tracing::info!(task_instance = %id, attempt = event.attempt, "task succeeded");
+                        self.set_task_state(node, TaskEvent::Succeed, update).await?;
+                    }
+                    TaskOutcome::Killed => {
+                        tracing::info!(task_instance = %id, attempt = event.attempt, reason = %finished.reason, "task killed");
+                        self.set_task_state(node, TaskEvent::Kill, update).await?;
+                        self.after_failure(node).await?;
+                    }
+                    TaskOutcome::Failure | TaskOutcome::Unspecified => {
+                        let halted = self.stopping
+                            || (self.instance.failure_strategy == FailureStrategy::End && self.view(&self.states()).has_failure());
+                        let task = &self.tasks[&node];
+                        if task.can_retry() && !halted {
+                            let interval = self.task_spec(node).retry_interval;
+                            tracing::info!(task_instance = %id, attempt = event.attempt, reason = %finished.reason, retry_in = ?interval, "task failed; will retry");
+                            update.retry_at = Some(Some(Utc::now() + chrono::Duration::from_std(interval).unwrap_or_default()));
+                            self.set_task_state(node, TaskEvent::FailWillRetry, update).await?;
+                            self.retry_at.insert(node, Instant::now() + interval);
+                        } else {
+                            tracing::info!(task_instance = %id, attempt = event.attempt, reason = %finished.reason, "task failed");
+                            self.set_task_state(node, TaskEvent::Fail, update).await?;
+                            self.after_failure(node).await?;
+                        }
+                    }
+                }
+            }
+            Some(Event::TimeoutWarning(w)) => {
+                tracing::warn!(task_instance = %id, attempt = event.attempt, timeout_ms = w.timeout_ms, "task exceeded its timeout");
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Applies the failure strategy once a task failed (or was killed) for good.
+    async fn after_failure(&mut self, node: TaskNode) -> Result<(), Abort> {
+        if self.instance.failure_strategy == FailureStrategy::End && !self.stopping {
+            let reason = format!("failure strategy end: task `{}` failed", self.dag.name(node));
+            for other in self.active_nodes() {
+                self.kill(other, reason.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn active_nodes(&self) -> Vec<TaskNode> {
+        let mut nodes: Vec<TaskNode> = self.tasks.iter().filter(|(_, t)| !t.state.is_final()).map(|(n, _)| *n).collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    async fn stop(&mut self) -> Result<(), Abort> {
+        if self.stopping {
+            return Ok(());
+        }
+        self.stopping = true;
+        tracing::info!(workflow_instance = %self.instance.id, "stopping");
+        self.set_workflow_state(WorkflowEvent::Stop, None, None).await?;
+        for node in self.active_nodes() {
+            self.kill(node, "workflow instance stopped".into()).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills one task wherever it is: withdrawn from the queue if no worker
+    /// took it yet, killed on its worker if running.
+    async fn kill(&mut self, node: TaskNode, reason: String) -> Result<(), Abort> {
+        let Some(task) = self.tasks.get(&node) else { return Ok(()) };
+        let now = Some(Some(Utc::now()));
+        match task.state {
+            TaskState::Submitted | TaskState::RetryWait | TaskState::NeedFailover => {
+                self.retry_at.remove(&node);
+                self.set_task_state(node, TaskEvent::Kill, TaskUpdate { end_time: now, ..Default::default() }).await?;
+            }
+            TaskState::Dispatched => {
+                let key = self.queue_key(node);
+                let group = self.task_group(node);
+                if self.shared.registry.queue_remove(group.as_str(), &key.encode()).await? {
+                    self.set_task_state(node, TaskEvent::Kill, TaskUpdate { end_time: now, ..Default::default() }).await?;
+                } else {
+                    // A worker has it but has not reported it running yet.
+                    self.kill_on_start.insert(node, reason);
+                }
+            }
+            TaskState::Running => self.send_kill(node, reason),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends the kill to the task's worker in the background; the worker
+    /// answers with a `killed` event.
+    fn send_kill(&self, node: TaskNode, reason: String) {
+        let task = &self.tasks[&node];
+        let Some(host) = task.host.clone() else { return };
+        let (shared, id, attempt) = (self.shared.clone(), task.id, task.attempt);
+        tokio::spawn(async move {
+            match shared.workers.kill(&host, id, attempt, &reason).await {
+                Ok(true) => tracing::info!(task_instance = %id, attempt, worker = %host, %reason, "kill sent"),
+                Ok(false) => tracing::info!(task_instance = %id, attempt, worker = %host, "worker no longer runs the attempt"),
+                Err(error) => tracing::error!(task_instance = %id, attempt, %error, "kill not delivered"),
+            }
+        });
+    }
+
+    async fn retry_due(&mut self) -> Result<(), Abort> {
+        let now = Instant::now();
+        let due: Vec<TaskNode> = self.retry_at.iter().filter(|(_, at)| **at <= now).map(|(n, _)| *n).collect();
+        for node in due {
+            self.retry_at.remove(&node);
+            let attempt = self.tasks[&node].attempt + 1;
+            tracing::info!(task_instance = %self.tasks[&node].id, attempt, "retrying");
+            let update = TaskUpdate {
+                attempt: Some(attempt),
+                host: Some(None),
+                exit_code: Some(None),
+                retry_at: Some(None),
+                start_time: Some(None),
+                end_time: Some(None),
+                ..Default::default()
+            };
+            self.set_task_state(node, TaskEvent::RetryDue, update).await?;
+            self.dispatch(node).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the task instances that became ready and queues them.
+    async fn dispatch_ready(&mut self) -> Result<(), Abort> {
+        let ready = self.view(&self.states()).ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let news: Vec<NewTaskInstance> = ready
+            .iter()
+            .map(|&node| {
+                let def = self.def.task(self.dag.name(node)).expect("dag and definition agree");
+                NewTaskInstance {
+                    workflow_instance_id: self.instance.id,
+                    task_definition_id: def.id,
+                    name: def.spec.name.clone(),
+                    task_type: def.spec.task_type.clone(),
+                    priority: def.spec.priority,
+                    worker_group: self.task_group(node),
+                    max_retries: def.spec.retries,
+                }
+            })
+            .collect();
+        let created = self.shared.store.create_task_instances(self.fence, &news).await?;
+        for (node, task) in ready.iter().zip(created) {
+            self.tasks.insert(*node, task);
+        }
+        for node in ready {
+            self.dispatch(node).await?;
+        }
+        Ok(())
+    }
+
+    fn task_spec(&self, node: TaskNode) -> &TaskSpec {
+        &self.def.task(self.dag.name(node)).expect("dag and definition agree").spec
+    }
+
+    fn task_group(&self, node: TaskNode) -> WorkerGroup {
+        self.task_spec(node).worker_group.clone().unwrap_or_else(|| self.instance.worker_group.clone())
+    }
+
+    fn queue_key(&self, node: TaskNode) -> QueueKey {
+        let task = &self.tasks[&node];
+        QueueKey {
+            workflow_priority: self.instance.priority,
+            workflow_instance_id: self.instance.id,
+            task_priority: task.priority,
+            task_instance_id: task.id,
+        }
+    }
+
+    /// Marks the current attempt dispatched, then puts it in its group's queue.
+    async fn dispatch(&mut self, node: TaskNode) -> Result<(), Abort> {
+        self.set_task_state(node, TaskEvent::Dispatch, TaskUpdate::default()).await?;
+        let spec = self.task_spec(node).clone();
+        let task = &self.tasks[&node];
+        let mut params = self.params.clone();
+        params.extend(spec.params.clone());
+        let payload = TaskDispatch {
+            workflow_instance_id: self.instance.id,
+            task_instance_id: task.id,
+            attempt: task.attempt,
+            master: self.shared.addr.clone(),
+            project: self.project.clone(),
+            workflow: self.def.name.clone(),
+            task: spec.name.clone(),
+            task_type: spec.task_type.clone(),
+            body: spec.body.clone(),
+            params,
+            timeout: spec.timeout,
+            timeout_strategy: spec.timeout_strategy,
+        };
+        let key = self.queue_key(node).encode();
+        let group = self.task_group(node);
+        match self.shared.registry.queue_put(group.as_str(), &key, &payload.to_json()).await {
+            Ok(()) | Err(RegistryError::NodeExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::debug!(task_instance = %task.id, attempt = task.attempt, %group, %key, "task dispatched");
+        Ok(())
+    }
+
+    /// Applies `event` to a task through the transition table and persists
+    /// it (with `update`) before anything acts on the new state.
+    async fn set_task_state(&mut self, node: TaskNode, event: TaskEvent, mut update: TaskUpdate) -> Result<(), Abort> {
+        let task = self.tasks.get(&node).expect("known task");
+        let next = task.state.transition(event).map_err(|e| Abort::Broken(e.to_string()))?;
+        update.state = Some(next);
+        let stored = self.shared.store.update_task_instance(self.fence, task.id, &update).await?;
+        self.tasks.insert(node, stored);
+        Ok(())
+    }
+
+    async fn set_workflow_state(
+        &mut self,
+        event: WorkflowEvent,
+        start_time: Option<Option<Timestamp>>,
+        end_time: Option<Option<Timestamp>>,
+    ) -> Result<(), Abort> {
+        let next = self.instance.state.transition(event).map_err(|e| Abort::Broken(e.to_string()))?;
+        let update = WorkflowUpdate { state: Some(next), start_time, end_time, ..Default::default() };
+        self.instance = self.shared.store.update_workflow_instance(self.fence, &update).await?;
+        Ok(())
+    }
+
+    async fn finish(&mut self, outcome: WorkflowState) -> Result<WorkflowState, Abort> {
+        let event = match outcome {
+            WorkflowState::Success => WorkflowEvent::Succeed,
+            WorkflowState::Failure => WorkflowEvent::Fail,
+            WorkflowState::Stopped => WorkflowEvent::Stopped,
+            other => return Err(Abort::Broken(format!("planner returned non-final outcome {other}"))),
+        };
+        self.set_workflow_state(event, None, Some(Some(Utc::now()))).await?;
+        Ok(outcome)
+    }
+}

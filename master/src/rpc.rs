@@ -1,0 +1,77 @@
+//! The master's gRPC service: task events from workers.
+
+use std::sync::Arc;
+
+use sluice_domain::{TaskInstanceId, WorkflowInstanceId};
+use sluice_proto::v1::master_service_server::MasterService;
+use sluice_proto::v1::{TaskEventReply, TaskEventRequest};
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use crate::driver::DriverMsg;
+use crate::Shared;
+
+pub(crate) struct MasterRpc {
+    shared: Arc<Shared>,
+}
+
+impl MasterRpc {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        MasterRpc { shared }
+    }
+
+    /// An event for an instance this master does not drive: acknowledge it
+    /// if it can no longer matter (its attempt or instance is over), so the
+    /// worker stops resending; refuse it otherwise, so the worker keeps it
+    /// for the instance's real owner.
+    async fn event_for_undriven(&self, event: &TaskEventRequest) -> Result<TaskEventReply, Status> {
+        let store = &self.shared.store;
+        let task = store
+            .task_instance(TaskInstanceId(event.task_instance_id))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let stale = match task {
+            None => true,
+            Some(t) => t.workflow_instance_id != WorkflowInstanceId(event.workflow_instance_id) || t.attempt != event.attempt || t.state.is_final(),
+        };
+        let instance_over = store
+            .workflow_instance(WorkflowInstanceId(event.workflow_instance_id))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .is_none_or(|i| i.state.is_final());
+        if stale || instance_over {
+            Ok(TaskEventReply { accepted: true, reason: "stale event ignored".into() })
+        } else {
+            Ok(TaskEventReply {
+                accepted: false,
+                reason: format!("master {} does not drive workflow instance {}", self.shared.addr, event.workflow_instance_id),
+            })
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MasterService for MasterRpc {
+    async fn report_task_event(&self, request: Request<TaskEventRequest>) -> Result<Response<TaskEventReply>, Status> {
+        let event = request.into_inner();
+        let id = WorkflowInstanceId(event.workflow_instance_id);
+        let reply = match self.shared.driver(id) {
+            Some(driver) => {
+                let (ack, acked) = oneshot::channel();
+                let copy = event.clone();
+                if driver.send(DriverMsg::Event { event, ack }).is_err() {
+                    self.event_for_undriven(&copy).await?
+                } else {
+                    match acked.await {
+                        Ok(true) => TaskEventReply { accepted: true, reason: String::new() },
+                        // The driver stopped (shutdown or fenced) before
+                        // persisting it: the worker must resend.
+                        _ => TaskEventReply { accepted: false, reason: "instance driver stopped".into() },
+                    }
+                }
+            }
+            None => self.event_for_undriven(&event).await?,
+        };
+        Ok(Response::new(reply))
+    }
+}

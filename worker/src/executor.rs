@@ -1,0 +1,545 @@
+//! Running one task attempt as an OS process group, start to report.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use sluice_domain::TaskDispatch;
+use sluice_proto::v1::{
+    task_event_request::Event, TaskEventRequest, TaskFinished, TaskOutcome, TaskRunning,
+    TaskTimeoutWarning,
+};
+use sluice_registry::QueueItem;
+use tokio::process::{Child, Command};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::running::{StopCause, TaskAttempt};
+use crate::Shared;
+
+/// How often the group is checked for members after the signals: only
+/// while a task is being killed, for at most the kill grace.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long to wait for SIGKILLed processes to disappear: they cannot
+/// resist, only the kernel can be slow.
+const AFTER_SIGKILL: Duration = Duration::from_secs(5);
+
+/// How an attempt ended, as reported to the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub outcome: TaskOutcome,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+}
+
+impl Finished {
+    fn failure(reason: impl Into<String>) -> Self {
+        Finished {
+            outcome: TaskOutcome::Failure,
+            exit_code: None,
+            reason: reason.into(),
+        }
+    }
+
+    fn into_event(self) -> Event {
+        Event::Finished(TaskFinished {
+            outcome: self.outcome.into(),
+            exit_code: self.exit_code,
+            reason: self.reason,
+        })
+    }
+}
+
+/// Runs the task in `item` and reports it; `permit` (the slot) is held
+/// until the attempt's last event is queued.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    group: String,
+    item: QueueItem,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let dispatch = match TaskDispatch::from_json(&item.payload) {
+        Ok(dispatch) => dispatch,
+        Err(error) => return report_undecodable(&shared, &group, &item, &error),
+    };
+    let attempt = TaskAttempt {
+        task_instance_id: dispatch.task_instance_id,
+        attempt: dispatch.attempt,
+    };
+    let Some((_running, stop)) = shared.running.start(attempt) else {
+        warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, key = %item.key, "attempt is already running here; ignoring the duplicate queue entry");
+        return;
+    };
+    info!(workflow_instance = %dispatch.workflow_instance_id, task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, task = %dispatch.task, task_type = %dispatch.task_type, %group, "task taken");
+    // A bug in a runner must still end the attempt with a report, or the
+    // master would wait for it forever.
+    let finished = match std::panic::AssertUnwindSafe(execute(&shared, &dispatch, stop))
+        .catch_unwind()
+        .await
+    {
+        Ok(finished) => finished,
+        Err(_) => {
+            error!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, "task runner panicked");
+            Finished::failure("internal worker error while running the task")
+        }
+    };
+    info!(
+        workflow_instance = %dispatch.workflow_instance_id, task_instance = %dispatch.task_instance_id,
+        attempt = dispatch.attempt, outcome = outcome_name(finished.outcome), exit_code = ?finished.exit_code,
+        reason = %finished.reason, "task finished"
+    );
+    shared.report(&dispatch, finished.into_event());
+}
+
+/// A payload that is not a [`TaskDispatch`] (a master of another release,
+/// a hand-made entry) is failed at its master if the fields naming the
+/// attempt can be read, so that its workflow does not hang.
+fn report_undecodable(shared: &Shared, group: &str, item: &QueueItem, error: &serde_json::Error) {
+    let value: serde_json::Value = serde_json::from_slice(&item.payload).unwrap_or_default();
+    let ids = (
+        value.get("master").and_then(|v| v.as_str()),
+        value.get("workflow_instance_id").and_then(|v| v.as_i64()),
+        value.get("task_instance_id").and_then(|v| v.as_i64()),
+        value
+            .get("attempt")
+            .and_then(|v| v.as_u64())
+            .and_then(|a| u32::try_from(a).ok()),
+    );
+    match ids {
+        (Some(master), Some(workflow_instance_id), Some(task_instance_id), Some(attempt)) => {
+            error!(%group, key = %item.key, %error, task_instance = task_instance_id, attempt, "cannot decode task dispatch; failing the attempt");
+            let event = TaskEventRequest {
+                workflow_instance_id,
+                task_instance_id,
+                attempt,
+                worker: shared.addr.clone(),
+                event_time_ms: chrono::Utc::now().timestamp_millis(),
+                event: Some(
+                    Finished::failure(format!("cannot read the task dispatch: {error}"))
+                        .into_event(),
+                ),
+            };
+            shared.outbox.send(master, event);
+        }
+        _ => {
+            error!(%group, key = %item.key, %error, "cannot decode task dispatch, nor find its master; dropping the queue entry")
+        }
+    }
+}
+
+/// Everything between taking the attempt and its end.
+async fn execute(
+    shared: &Shared,
+    dispatch: &TaskDispatch,
+    mut stop: oneshot::Receiver<StopCause>,
+) -> Finished {
+    let workdir = shared
+        .work_dir
+        .join(dispatch.workflow_instance_id.to_string())
+        .join(dispatch.task_instance_id.to_string())
+        .join(dispatch.attempt.to_string());
+    let log_path = shared
+        .log_dir
+        .join(dispatch.workflow_instance_id.to_string())
+        .join(format!(
+            "{}_{}.log",
+            dispatch.task_instance_id, dispatch.attempt
+        ));
+    let spec = match shared.plugins.prepare(dispatch, &workdir) {
+        Ok(spec) => spec,
+        Err(error) => return Finished::failure(error.to_string()),
+    };
+    let mut command = match prepare_process(dispatch, &spec, &workdir, &log_path).await {
+        Ok(command) => command,
+        Err(reason) => return Finished::failure(reason),
+    };
+    // Killed while the working directory was being prepared.
+    if let Ok(cause) = stop.try_recv() {
+        return stopped_before_start(cause);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            return Finished::failure(format!("cannot start `{}`: {error}", spec.program))
+        }
+    };
+    let Some(pid) = child.id() else {
+        // Only possible once the child has been reaped, which we have not.
+        return Finished::failure("the task process vanished as it started");
+    };
+    info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, pid, log = %log_path.display(), "task started");
+    shared.report(
+        dispatch,
+        Event::Running(TaskRunning {
+            pid,
+            log_path: log_path.to_string_lossy().into_owned(),
+        }),
+    );
+
+    let group = Pid::from_raw(pid as i32);
+    let mut timeout_at = dispatch.timeout.map(|timeout| Instant::now() + timeout);
+    let mut stop_open = true;
+    let ended = loop {
+        tokio::select! {
+            status = child.wait() => break Ended::Exited(status),
+            cause = &mut stop, if stop_open => match cause {
+                Ok(cause) => break Ended::Stopped(cause),
+                // Not reachable while the attempt is registered; be safe.
+                Err(_) => stop_open = false,
+            },
+            _ = sleep_until(timeout_at), if timeout_at.is_some() => {
+                timeout_at = None;
+                let timeout = dispatch.timeout.unwrap_or_default();
+                if dispatch.timeout_strategy.warns() {
+                    warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, timeout = %humantime::format_duration(timeout), "task outlived its timeout");
+                    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                    shared.report(dispatch, Event::TimeoutWarning(TaskTimeoutWarning { timeout_ms }));
+                }
+                if dispatch.timeout_strategy.fails() {
+                    break Ended::TimedOut(timeout);
+                }
+            }
+        }
+    };
+    match ended {
+        Ended::Exited(Ok(status)) => exited(status),
+        Ended::Exited(Err(error)) => {
+            // The child can no longer be waited for; make sure nothing of
+            // it lives on unobserved.
+            signal_group(group, Signal::SIGKILL);
+            Finished::failure(format!("cannot wait for the task process: {error}"))
+        }
+        Ended::Stopped(cause) => {
+            info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, ?cause, "killing task");
+            let status = kill_group(&mut child, group, shared.kill_grace).await;
+            match cause {
+                StopCause::Kill(reason) => Finished {
+                    outcome: TaskOutcome::Killed,
+                    exit_code: status.and_then(|s| s.code()),
+                    reason: if reason.is_empty() {
+                        "killed".into()
+                    } else {
+                        reason
+                    },
+                },
+                StopCause::Shutdown => Finished::failure("worker stopped before the task finished"),
+            }
+        }
+        Ended::TimedOut(timeout) => {
+            kill_group(&mut child, group, shared.kill_grace).await;
+            Finished::failure(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout)
+            ))
+        }
+    }
+}
+
+/// Lowercase, like every other state name in logs.
+fn outcome_name(outcome: TaskOutcome) -> &'static str {
+    match outcome {
+        TaskOutcome::Success => "success",
+        TaskOutcome::Failure => "failure",
+        TaskOutcome::Killed => "killed",
+        TaskOutcome::Unspecified => "unspecified",
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    Stopped(StopCause),
+    TimedOut(Duration),
+}
+
+fn stopped_before_start(cause: StopCause) -> Finished {
+    match cause {
+        StopCause::Kill(reason) => Finished {
+            outcome: TaskOutcome::Killed,
+            exit_code: None,
+            reason: if reason.is_empty() {
+                "killed".into()
+            } else {
+                reason
+            },
+        },
+        StopCause::Shutdown => Finished::failure("worker stopped before the task started"),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the plugin's files, opens the log, and builds the command.
+async fn prepare_process(
+    dispatch: &TaskDispatch,
+    spec: &sluice_tasks::ProcessSpec,
+    workdir: &Path,
+    log_path: &Path,
+) -> Result<Command, String> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        format!("cannot {what} {}: {e}", path.display())
+    };
+    tokio::fs::create_dir_all(workdir)
+        .await
+        .map_err(|e| io("create working directory", workdir, e))?;
+    for (name, content) in &spec.files {
+        let path = workdir.join(name);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io("create directory", parent, e))?;
+        }
+        tokio::fs::write(&path, content)
+            .await
+            .map_err(|e| io("write", &path, e))?;
+    }
+    if let Some(parent) = log_path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io("create log directory", parent, e))?;
+    }
+    // Append: a repeated attempt number (a worker restarted mid-attempt)
+    // must not erase what the first run logged.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| io("open log file", log_path, e))?;
+    // One file description for both streams: their writes land in the
+    // order they happen.
+    let log_err = log
+        .try_clone()
+        .map_err(|e| io("open log file", log_path, e))?;
+
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Its own process group, so that a kill reaches everything the task
+        // started, and a Ctrl-C aimed at the worker does not reach tasks.
+        .process_group(0);
+    for (name, value) in env(dispatch, spec)? {
+        command.env(name, value);
+    }
+    Ok(command)
+}
+
+/// The task's environment on top of the worker's: the plugin's variables,
+/// then the params, then `SLUICE_*`, which nothing may override because
+/// scripts rely on them to know who they are.
+fn env(
+    dispatch: &TaskDispatch,
+    spec: &sluice_tasks::ProcessSpec,
+) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = spec.env.clone();
+    for (name, value) in &dispatch.params {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(format!(
+                "param `{name}` cannot be an environment variable name"
+            ));
+        }
+        if value.contains('\0') {
+            return Err(format!("param `{name}` has a NUL character in its value"));
+        }
+        vars.push((name.clone(), value.clone()));
+    }
+    vars.extend([
+        (
+            "SLUICE_WORKFLOW_INSTANCE_ID".to_owned(),
+            dispatch.workflow_instance_id.to_string(),
+        ),
+        (
+            "SLUICE_TASK_INSTANCE_ID".to_owned(),
+            dispatch.task_instance_id.to_string(),
+        ),
+        ("SLUICE_ATTEMPT".to_owned(), dispatch.attempt.to_string()),
+        ("SLUICE_TASK_NAME".to_owned(), dispatch.task.clone()),
+        ("SLUICE_WORKFLOW_NAME".to_owned(), dispatch.workflow.clone()),
+        ("SLUICE_PROJECT".to_owned(), dispatch.project.clone()),
+    ]);
+    Ok(vars)
+}
+
+/// The report for a process that ended by itself.
+fn exited(status: ExitStatus) -> Finished {
+    if status.success() {
+        return Finished {
+            outcome: TaskOutcome::Success,
+            exit_code: Some(0),
+            reason: "exit code 0".into(),
+        };
+    }
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Finished {
+            outcome: TaskOutcome::Failure,
+            exit_code: Some(code),
+            reason: format!("exit code {code}"),
+        },
+        (None, Some(signal)) => {
+            Finished::failure(format!("killed by signal {}", signal_name(signal)))
+        }
+        (None, None) => Finished::failure(format!("ended abnormally ({status})")),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.as_str().to_owned())
+}
+
+/// Stops the whole process group: SIGTERM, then SIGKILL to whatever is
+/// left after `grace` (the task's own children included, even once the
+/// leader is gone). Returns the leader's exit status if it could be read.
+async fn kill_group(child: &mut Child, group: Pid, grace: Duration) -> Option<ExitStatus> {
+    signal_group(group, Signal::SIGTERM);
+    let grace_end = Instant::now() + grace;
+    let mut status = tokio::time::timeout_at(grace_end, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    // The leader is gone (and reaped); give its children the rest of the
+    // grace to clean up too.
+    while status.is_some() && group_alive(group) && Instant::now() < grace_end {
+        tokio::time::sleep(GROUP_POLL).await;
+    }
+    if status.is_none() || group_alive(group) {
+        signal_group(group, Signal::SIGKILL);
+        if status.is_none() {
+            status = tokio::time::timeout(AFTER_SIGKILL, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let gone_by = Instant::now() + AFTER_SIGKILL;
+        while group_alive(group) && Instant::now() < gone_by {
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+    }
+    status
+}
+
+fn signal_group(group: Pid, signal: Signal) {
+    match killpg(group, signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(error) => {
+            warn!(group = group.as_raw(), ?signal, %error, "cannot signal task process group")
+        }
+    }
+}
+
+/// Whether any process of `group` is still alive.
+///
+/// Zombies do not count: a killed task's orphans are reaped by init, which
+/// in containers may take its time, and a zombie holds nothing but its pid.
+/// Where `/proc` cannot be read, any process of the group counts.
+fn group_alive(group: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killpg(group, None).is_ok();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .any(|stat| live_member(&stat, group.as_raw()))
+}
+
+/// Reads a `/proc/<pid>/stat` line: `pid (comm) state ppid pgrp ...`. The
+/// command name may contain spaces and parentheses, hence the last `)`.
+fn live_member(stat: &str, group: i32) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let pgrp = fields.nth(1).and_then(|pgrp| pgrp.parse::<i32>().ok());
+    pgrp == Some(group) && !matches!(state, Some("Z" | "X" | "x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command as StdCommand;
+
+    use super::*;
+
+    fn status_of(script: &str) -> ExitStatus {
+        StdCommand::new("bash")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .unwrap()
+    }
+
+    #[test]
+    fn exit_statuses_become_reports() {
+        assert_eq!(exited(status_of("exit 0")).outcome, TaskOutcome::Success);
+        assert_eq!(
+            exited(status_of("exit 3")),
+            Finished {
+                outcome: TaskOutcome::Failure,
+                exit_code: Some(3),
+                reason: "exit code 3".into()
+            }
+        );
+        assert_eq!(
+            exited(status_of("kill -KILL $$")),
+            Finished::failure("killed by signal SIGKILL")
+        );
+    }
+
+    #[test]
+    fn proc_stat_lines_tell_live_group_members() {
+        assert!(live_member("123 (sleep) S 1 120 120 0 -1", 120));
+        assert!(!live_member("123 (sleep) Z 1 120 120 0 -1", 120), "zombie");
+        assert!(
+            !live_member("123 (sleep) S 1 121 121 0 -1", 120),
+            "other group"
+        );
+        assert!(
+            live_member("123 (a) b (c) R 1 120 120 0 -1", 120),
+            "odd command name"
+        );
+        assert!(!live_member("garbage", 120));
+    }
+
+    #[test]
+    fn sluice_variables_win_over_params() {
+        let mut dispatch: TaskDispatch = serde_json::from_value(serde_json::json!({
+            "workflow_instance_id": 1, "task_instance_id": 2, "attempt": 3, "master": "m:1",
+            "project": "p", "workflow": "w", "task": "t", "task_type": "shell", "body": {},
+            "params": {"dt": "20260101", "SLUICE_ATTEMPT": "99"}
+        }))
+        .unwrap();
+        let vars = env(&dispatch, &sluice_tasks::ProcessSpec::default()).unwrap();
+        let last = |name: &str| {
+            vars.iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(last("dt"), Some("20260101"));
+        assert_eq!(last("SLUICE_ATTEMPT"), Some("3"));
+        dispatch.params.insert("a=b".into(), "x".into());
+        assert_eq!(
+            env(&dispatch, &sluice_tasks::ProcessSpec::default()).unwrap_err(),
+            "param `a=b` cannot be an environment variable name"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The attempts this worker is running, and the way to stop one of them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_domain::TaskInstanceId;
+use tokio::sync::oneshot;
+
+/// Why an attempt is being stopped before its process ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StopCause {
+    /// `KillTask` from a master: the attempt ends `KILLED` with this reason.
+    Kill(String),
+    /// The worker is shutting down and the attempt outlived the grace
+    /// period: it ends `FAILURE`, so the master may retry it elsewhere.
+    Shutdown,
+}
+
+/// One attempt of a task instance on this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskAttempt {
+    pub task_instance_id: TaskInstanceId,
+    pub attempt: u32,
+}
+
+struct Entry {
+    /// Taken by the first stop request; later ones find the attempt
+    /// already stopping.
+    stop: Option<oneshot::Sender<StopCause>>,
+}
+
+/// Attempts from the moment they are taken off the queue (not only once
+/// their process runs), so that a kill arriving while the working directory
+/// is being prepared still finds the attempt.
+#[derive(Default)]
+pub(crate) struct Running {
+    entries: Mutex<BTreeMap<TaskAttempt, Entry>>,
+}
+
+impl Running {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<TaskAttempt, Entry>> {
+        // The map stays consistent whatever panicked while holding the lock.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records `attempt` as running; `None` if it already is (the same
+    /// attempt queued twice), in which case the caller must not run it.
+    /// The attempt stays recorded until the returned guard is dropped.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        attempt: TaskAttempt,
+    ) -> Option<(RunningGuard, oneshot::Receiver<StopCause>)> {
+        let mut entries = self.lock();
+        if entries.contains_key(&attempt) {
+            return None;
+        }
+        let (stop, stopped) = oneshot::channel();
+        entries.insert(attempt, Entry { stop: Some(stop) });
+        Some((
+            RunningGuard {
+                running: self.clone(),
+                attempt,
+            },
+            stopped,
+        ))
+    }
+
+    /// Asks `attempt` to stop; `false` if it is not running here.
+    pub(crate) fn stop(&self, attempt: TaskAttempt, cause: StopCause) -> bool {
+        match self.lock().get_mut(&attempt) {
+            Some(entry) => {
+                if let Some(stop) = entry.stop.take() {
+                    // The runner only drops its receiver once the attempt is
+                    // over, so a failed send means "already finishing".
+                    let _ = stop.send(cause);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every running attempt to stop; returns how many there were.
+    pub(crate) fn stop_all(&self, cause: StopCause) -> usize {
+        let mut entries = self.lock();
+        for entry in entries.values_mut() {
+            if let Some(stop) = entry.stop.take() {
+                let _ = stop.send(cause.clone());
+            }
+        }
+        entries.len()
+    }
+
+    /// Sorted by task instance, then attempt.
+    pub(crate) fn attempts(&self) -> Vec<TaskAttempt> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Removes its attempt from [`Running`] when dropped, even if the runner
+/// panicked, so that the slot count and heartbeats never show a ghost.
+pub(crate) struct RunningGuard {
+    running: Arc<Running>,
+    attempt: TaskAttempt,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.attempt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(id: i64, attempt: u32) -> TaskAttempt {
+        TaskAttempt {
+            task_instance_id: TaskInstanceId(id),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn an_attempt_runs_once_and_is_forgotten_with_its_guard() {
+        let running = Arc::new(Running::default());
+        let (guard, _stopped) = running.start(attempt(1, 1)).unwrap();
+        assert!(running.start(attempt(1, 1)).is_none());
+        let (_other, _) = running.start(attempt(1, 2)).unwrap();
+        assert_eq!(running.len(), 2);
+        drop(guard);
+        assert_eq!(running.attempts(), [attempt(1, 2)]);
+    }
+
+    #[test]
+    fn stop_reaches_the_runner_once() {
+        let running = Arc::new(Running::default());
+        let (_guard, mut stopped) = running.start(attempt(1, 1)).unwrap();
+        assert!(
+            !running.stop(attempt(1, 2), StopCause::Shutdown),
+            "other attempt"
+        );
+        assert!(running.stop(attempt(1, 1), StopCause::Kill("stop".into())));
+        assert!(
+            running.stop(attempt(1, 1), StopCause::Shutdown),
+            "still running"
+        );
+        assert_eq!(stopped.try_recv().unwrap(), StopCause::Kill("stop".into()));
+        assert_eq!(running.stop_all(StopCause::Shutdown), 1);
+    }
+}

@@ -1,0 +1,842 @@
+//! The worker against a real (in-test) gRPC master that records the events
+//! it receives, and the embedded registry. Tests wait on events and state
+//! with bounded timeouts, never on fixed sleeps.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_config::WorkerConfig;
+use sluice_domain::{
+    Params, Priority, QueueKey, TaskDispatch, TaskInstanceId, TaskType, TimeoutStrategy,
+    WorkerHeartbeat, WorkflowInstanceId,
+};
+use sluice_proto::v1::master_service_server::{MasterService, MasterServiceServer};
+use sluice_proto::v1::task_event_request::Event;
+use sluice_proto::v1::worker_service_client::WorkerServiceClient;
+use sluice_proto::v1::{
+    KillTaskRequest, TaskEventReply, TaskEventRequest, TaskFinished, TaskOutcome,
+};
+use sluice_registry::{paths, EmbeddedRegistry, Registry};
+use sluice_runtime::{CancellationToken, Role};
+use sluice_worker::{TaskAttempt, Worker};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+/// Upper bound for anything a test waits for; generous for a loaded CI box.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+// ---------------------------------------------------------------------------
+// A master that records events
+
+struct Recorder {
+    events: mpsc::UnboundedSender<TaskEventRequest>,
+    /// Calls still to answer with `accepted: false`.
+    refuse: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl MasterService for Recorder {
+    async fn report_task_event(
+        &self,
+        request: Request<TaskEventRequest>,
+    ) -> Result<Response<TaskEventReply>, Status> {
+        let refused = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            return Ok(Response::new(TaskEventReply {
+                accepted: false,
+                reason: "not the owner".into(),
+            }));
+        }
+        let _ = self.events.send(request.into_inner());
+        Ok(Response::new(TaskEventReply {
+            accepted: true,
+            reason: String::new(),
+        }))
+    }
+}
+
+struct RecordingMaster {
+    addr: SocketAddr,
+    events: mpsc::UnboundedReceiver<TaskEventRequest>,
+    stop: CancellationToken,
+}
+
+impl RecordingMaster {
+    async fn start() -> Self {
+        Self::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), 0)
+    }
+
+    /// A master that refuses the first `refuse` events it is sent.
+    async fn start_refusing(refuse: usize) -> Self {
+        Self::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), refuse)
+    }
+
+    async fn start_on(addr: SocketAddr) -> Self {
+        Self::serve(TcpListener::bind(addr).await.unwrap(), 0)
+    }
+
+    fn serve(listener: TcpListener, refuse: usize) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let service = MasterServiceServer::new(Recorder {
+            events: tx,
+            refuse: AtomicUsize::new(refuse),
+        });
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown,
+                )
+                .await
+        });
+        RecordingMaster { addr, events, stop }
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    async fn next(&mut self) -> TaskEventRequest {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("no task event in time")
+            .expect("recording master is gone")
+    }
+
+    /// Events up to and including the next `Finished`.
+    async fn until_finished(&mut self) -> (Vec<TaskEventRequest>, TaskFinished) {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next().await;
+            if let Some(Event::Finished(finished)) = &event.event {
+                let finished = finished.clone();
+                seen.push(event);
+                return (seen, finished);
+            }
+            seen.push(event);
+        }
+    }
+}
+
+impl Drop for RecordingMaster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn kind(event: &TaskEventRequest) -> &'static str {
+    match event.event {
+        Some(Event::Running(_)) => "running",
+        Some(Event::Finished(_)) => "finished",
+        Some(Event::TimeoutWarning(_)) => "timeout_warning",
+        None => "none",
+    }
+}
+
+fn kinds(events: &[TaskEventRequest]) -> Vec<&'static str> {
+    events.iter().map(kind).collect()
+}
+
+fn running_of(event: &TaskEventRequest) -> (u32, String) {
+    match &event.event {
+        Some(Event::Running(running)) => (running.pid, running.log_path.clone()),
+        other => panic!("expected a running event, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Worker, queue and tasks
+
+struct Setup {
+    registry: EmbeddedRegistry,
+    /// The masters' session, used to queue tasks.
+    queue: Arc<dyn Registry>,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        init_tracing();
+        let registry = EmbeddedRegistry::new();
+        let queue: Arc<dyn Registry> = Arc::new(registry.session());
+        Setup {
+            registry,
+            queue,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config(&self, slots: u32) -> WorkerConfig {
+        WorkerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
+            groups: vec!["default".into()],
+            slots: Some(slots),
+            heartbeat_interval: Duration::from_millis(100),
+            work_dir: self.dir.path().join("work"),
+            log_dir: self.dir.path().join("logs"),
+            kill_grace: Duration::from_millis(500),
+        }
+    }
+
+    fn worker_with(&self, config: WorkerConfig) -> Worker {
+        Worker::new(config, Arc::new(self.registry.session()))
+    }
+
+    async fn worker(&self, slots: u32) -> Worker {
+        let mut worker = self.worker_with(self.config(slots));
+        worker.start().await.unwrap();
+        worker
+    }
+
+    fn workdir(&self, task: &TaskDispatch) -> PathBuf {
+        self.dir
+            .path()
+            .join("work")
+            .join(task.workflow_instance_id.to_string())
+            .join(task.task_instance_id.to_string())
+            .join(task.attempt.to_string())
+    }
+
+    async fn put(&self, task: &TaskDispatch) {
+        self.put_in("default", task, Priority::Medium).await;
+    }
+
+    async fn put_in(&self, group: &str, task: &TaskDispatch, priority: Priority) {
+        self.queue
+            .queue_put(group, &key(task, priority), &task.to_json())
+            .await
+            .unwrap();
+    }
+}
+
+fn key(task: &TaskDispatch, priority: Priority) -> String {
+    QueueKey {
+        workflow_priority: Priority::Medium,
+        workflow_instance_id: task.workflow_instance_id,
+        task_priority: priority,
+        task_instance_id: task.task_instance_id,
+    }
+    .encode()
+}
+
+fn task(master: &str, id: i64, task_type: &str, script: &str) -> TaskDispatch {
+    let mut body = serde_json::Map::new();
+    body.insert("script".into(), script.into());
+    TaskDispatch {
+        workflow_instance_id: WorkflowInstanceId(7),
+        task_instance_id: TaskInstanceId(id),
+        attempt: 1,
+        master: master.to_owned(),
+        project: "demo".into(),
+        workflow: "etl".into(),
+        task: format!("t{id}"),
+        task_type: TaskType::new(task_type),
+        body,
+        params: Params::new(),
+        timeout: None,
+        timeout_strategy: TimeoutStrategy::Warn,
+    }
+}
+
+fn shell(master: &str, id: i64, script: &str) -> TaskDispatch {
+    task(master, id, "shell", script)
+}
+
+/// Polls cheap local state (a file, the registry, `/proc`) until `check`
+/// holds; panics after [`WAIT`].
+async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn read_pid(path: &Path) -> i32 {
+    wait_for(&format!("{}", path.display()), || {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+    })
+    .await
+}
+
+/// Whether `pid` is a live process (a zombie waiting to be reaped is dead).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+async fn heartbeat(registry: &dyn Registry, worker: &Worker) -> Option<WorkerHeartbeat> {
+    let members = registry
+        .members(&paths::workers_dir("default"))
+        .await
+        .unwrap();
+    let member = members.into_iter().find(|m| m.name == worker.addr())?;
+    Some(serde_json::from_slice(&member.data).unwrap())
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_task_succeeds_with_params_and_identity_in_its_environment() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let mut t = shell(
+        &master.addr(),
+        11,
+        r#"echo "dt=$dt"
+echo "ids=$SLUICE_WORKFLOW_INSTANCE_ID/$SLUICE_TASK_INSTANCE_ID/$SLUICE_ATTEMPT"
+echo "names=$SLUICE_PROJECT/$SLUICE_WORKFLOW_NAME/$SLUICE_TASK_NAME"
+echo "cwd=$(pwd)"
+echo "to stderr" >&2
+echo "back to stdout"
+echo "$dt" > out.txt
+"#,
+    );
+    t.params.insert("dt".into(), "20260101".into());
+    setup.put(&t).await;
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["running", "finished"]);
+    assert_eq!(
+        finished,
+        TaskFinished {
+            outcome: TaskOutcome::Success.into(),
+            exit_code: Some(0),
+            reason: "exit code 0".into()
+        }
+    );
+    for event in &events {
+        assert_eq!(
+            (
+                event.workflow_instance_id,
+                event.task_instance_id,
+                event.attempt
+            ),
+            (7, 11, 1)
+        );
+        assert_eq!(event.worker, worker.addr());
+        assert!(event.event_time_ms > 0);
+    }
+    let (pid, log_path) = running_of(&events[0]);
+    assert!(pid > 0);
+    assert_eq!(
+        PathBuf::from(&log_path),
+        setup.dir.path().join("logs/7/11_1.log")
+    );
+    let workdir = setup.workdir(&t);
+    assert_eq!(
+        std::fs::read_to_string(&log_path).unwrap(),
+        format!(
+            "dt=20260101\nids=7/11/1\nnames=demo/etl/t11\ncwd={}\nto stderr\nback to stdout\n",
+            workdir.display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("out.txt")).unwrap(),
+        "20260101\n"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_task_succeeds_and_its_streams_interleave_in_order() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let mut t = task(
+        &master.addr(),
+        12,
+        "python",
+        "import os, sys\nprint('dt', os.environ['dt'])\nprint('err', file=sys.stderr)\nprint('attempt', os.environ['SLUICE_ATTEMPT'])\n",
+    );
+    t.params.insert("dt".into(), "20260102".into());
+    setup.put(&t).await;
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(finished.outcome(), TaskOutcome::Success, "{finished:?}");
+    let (_, log_path) = running_of(&events[0]);
+    assert_eq!(
+        std::fs::read_to_string(log_path).unwrap(),
+        "dt 20260102\nerr\nattempt 1\n"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_zero_exit_fails_with_the_exit_code() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    setup
+        .put(&shell(&master.addr(), 13, "echo failing\nexit 3\n"))
+        .await;
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["running", "finished"]);
+    assert_eq!(
+        finished,
+        TaskFinished {
+            outcome: TaskOutcome::Failure.into(),
+            exit_code: Some(3),
+            reason: "exit code 3".into()
+        }
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_fail_kills_the_whole_process_group() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let mut t = shell(
+        &master.addr(),
+        14,
+        "sleep 60 &\necho $! > bg.pid\nsh -c 'echo $$ > fg.pid; exec sleep 60'\n",
+    );
+    t.timeout = Some(Duration::from_secs(2));
+    t.timeout_strategy = TimeoutStrategy::Fail;
+    setup.put(&t).await;
+
+    let workdir = setup.workdir(&t);
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(
+        kinds(&events),
+        ["running", "finished"],
+        "no warning with strategy fail"
+    );
+    assert_eq!(
+        finished,
+        TaskFinished {
+            outcome: TaskOutcome::Failure.into(),
+            exit_code: None,
+            reason: "timed out after 2s".into()
+        }
+    );
+    let leader = running_of(&events[0]).0 as i32;
+    let background = read_pid(&workdir.join("bg.pid")).await;
+    let foreground = read_pid(&workdir.join("fg.pid")).await;
+    for pid in [leader, background, foreground] {
+        assert!(!alive(pid), "pid {pid} survived the timeout");
+    }
+    assert!(worker.running_tasks().is_empty());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_warn_fail_warns_then_kills() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let mut t = shell(&master.addr(), 15, "sleep 60\n");
+    t.timeout = Some(Duration::from_millis(300));
+    t.timeout_strategy = TimeoutStrategy::WarnFail;
+    setup.put(&t).await;
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["running", "timeout_warning", "finished"]);
+    assert_eq!(finished.reason, "timed out after 300ms");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_warn_sends_a_warning_and_keeps_running() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let mut t = shell(
+        &master.addr(),
+        16,
+        "while [ ! -f go ]; do sleep 0.02; done\necho went\n",
+    );
+    t.timeout = Some(Duration::from_millis(300));
+    t.timeout_strategy = TimeoutStrategy::Warn;
+    setup.put(&t).await;
+
+    assert_eq!(kind(&master.next().await), "running");
+    let warning = master.next().await;
+    match warning.event {
+        Some(Event::TimeoutWarning(w)) => assert_eq!(w.timeout_ms, 300),
+        other => panic!("expected a timeout warning, got {other:?}"),
+    }
+    assert_eq!(
+        worker.running_tasks(),
+        [TaskAttempt {
+            task_instance_id: TaskInstanceId(16),
+            attempt: 1
+        }]
+    );
+    std::fs::write(setup.workdir(&t).join("go"), "").unwrap();
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"], "warned once only");
+    assert_eq!(finished.outcome(), TaskOutcome::Success);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_task_kills_the_group_even_when_it_ignores_sigterm() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    // Ignoring SIGTERM (inherited by the children) forces the SIGKILL
+    // after the grace period.
+    let t = shell(
+        &master.addr(),
+        17,
+        "trap '' TERM\nsleep 60 &\necho $! > bg.pid\nsleep 60\n",
+    );
+    setup.put(&t).await;
+    let leader = running_of(&master.next().await).0 as i32;
+    let background = read_pid(&setup.workdir(&t).join("bg.pid")).await;
+
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr()))
+        .await
+        .unwrap();
+    let other = KillTaskRequest {
+        task_instance_id: 17,
+        attempt: 2,
+        reason: "wrong attempt".into(),
+    };
+    assert!(!client.kill_task(other).await.unwrap().into_inner().found);
+    let kill = KillTaskRequest {
+        task_instance_id: 17,
+        attempt: 1,
+        reason: "killed by alice".into(),
+    };
+    assert!(client.kill_task(kill).await.unwrap().into_inner().found);
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"]);
+    assert_eq!(finished.outcome(), TaskOutcome::Killed);
+    assert_eq!(finished.reason, "killed by alice");
+    for pid in [leader, background] {
+        assert!(!alive(pid), "pid {pid} survived the kill");
+    }
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_worker_runs_queued_tasks_strictly_in_key_order() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    // Queued before the worker starts, in an order unrelated to the keys.
+    let mut expected = Vec::new();
+    for (i, id) in [5i64, 2, 9, 1, 7, 3, 10, 4, 8, 6].into_iter().enumerate() {
+        let t = shell(&master.addr(), id, "true\n");
+        let priority = Priority::from_rank((i % 5) as u8).unwrap();
+        setup.put_in("default", &t, priority).await;
+        expected.push((key(&t, priority), id));
+    }
+    expected.sort();
+    let expected: Vec<i64> = expected.into_iter().map(|(_, id)| id).collect();
+
+    let mut worker = setup.worker(1).await;
+    let mut started = Vec::new();
+    for _ in 0..expected.len() {
+        let (events, finished) = master.until_finished().await;
+        // One slot: each task finishes before the next one starts.
+        assert_eq!(kinds(&events), ["running", "finished"]);
+        assert_eq!(finished.outcome(), TaskOutcome::Success);
+        started.push(events[0].task_instance_id);
+    }
+    assert_eq!(started, expected);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_resent_until_a_master_that_was_down_comes_up() {
+    let setup = Setup::new();
+    let addr = {
+        let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        reserved.local_addr().unwrap()
+    };
+    let mut worker = setup.worker(2).await;
+    setup.put(&shell(&addr.to_string(), 18, "true\n")).await;
+    // Both events wait in the outbox: the task is done, the master is not up.
+    wait_for("both events to be pending", || {
+        (worker.pending_events() == 2 && worker.running_tasks().is_empty()).then_some(())
+    })
+    .await;
+
+    let mut master = RecordingMaster::start_on(addr).await;
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["running", "finished"]);
+    assert_eq!(finished.outcome(), TaskOutcome::Success);
+    wait_for("the outbox to drain", || {
+        (worker.pending_events() == 0).then_some(())
+    })
+    .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_events_are_kept_and_resent_in_order() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start_refusing(3).await;
+    let mut worker = setup.worker(2).await;
+    setup.put(&shell(&master.addr(), 19, "exit 1\n")).await;
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["running", "finished"]);
+    assert_eq!(finished.exit_code, Some(1));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_carries_slots_running_tasks_and_host_load() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let local = worker.local_addr().unwrap();
+    assert_ne!(local.port(), 0);
+    assert_eq!(
+        worker.addr(),
+        format!("127.0.0.1:{}", local.port()),
+        "port 0 advertises the bound port"
+    );
+
+    let t = shell(
+        &master.addr(),
+        20,
+        "while [ ! -f go ]; do sleep 0.02; done\n",
+    );
+    setup.put(&t).await;
+    assert_eq!(kind(&master.next().await), "running");
+    let beat = wait_for_heartbeat(&setup, &worker, |b| b.running == [TaskInstanceId(20)]).await;
+    assert_eq!((beat.slots, beat.free_slots), (2, 1));
+    assert_eq!(beat.addr, worker.addr());
+    assert_eq!(beat.groups, ["default"]);
+    assert!(
+        beat.host.memory_total_bytes > 0 && beat.host.disk_free_bytes > 0,
+        "{:?}",
+        beat.host
+    );
+    assert_eq!(worker.free_slots(), 1);
+
+    std::fs::write(setup.workdir(&t).join("go"), "").unwrap();
+    master.until_finished().await;
+    let beat = wait_for_heartbeat(&setup, &worker, |b| b.running.is_empty()).await;
+    assert_eq!(beat.free_slots, 2);
+
+    worker.stop().await.unwrap();
+    let members = setup
+        .queue
+        .members(&paths::workers_dir("default"))
+        .await
+        .unwrap();
+    assert!(members.is_empty(), "stop unregisters: {members:?}");
+}
+
+async fn wait_for_heartbeat(
+    setup: &Setup,
+    worker: &Worker,
+    check: impl Fn(&WorkerHeartbeat) -> bool,
+) -> WorkerHeartbeat {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(beat) = heartbeat(&*setup.queue, worker).await.filter(|b| check(b)) {
+            return beat;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a matching heartbeat"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_payloads_and_unknown_types_fail_at_the_master() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(1).await;
+    let garbled = serde_json::json!({
+        "master": master.addr(), "workflow_instance_id": 7, "task_instance_id": 21, "attempt": 2, "task_type": 3,
+    });
+    setup
+        .queue
+        .queue_put("default", "0_garbled", garbled.to_string().as_bytes())
+        .await
+        .unwrap();
+    setup
+        .queue
+        .queue_put("default", "1_not_json", b"{")
+        .await
+        .unwrap();
+    setup.put(&task(&master.addr(), 22, "sparkk", "x")).await;
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"]);
+    assert_eq!((events[0].task_instance_id, events[0].attempt), (21, 2));
+    assert!(
+        finished
+            .reason
+            .starts_with("cannot read the task dispatch: "),
+        "{}",
+        finished.reason
+    );
+    assert_eq!(finished.outcome(), TaskOutcome::Failure);
+
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"]);
+    assert_eq!(events[0].task_instance_id, 22);
+    assert_eq!(
+        finished.reason,
+        "task `t22`: unknown task type `sparkk`, known: python, shell"
+    );
+    assert!(
+        setup.queue.queue_keys("default").await.unwrap().is_empty(),
+        "every entry was taken"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_from_every_group() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut config = setup.config(2);
+    config.groups = vec!["etl".into(), "spark".into()];
+    let mut worker = setup.worker_with(config);
+    worker.start().await.unwrap();
+    setup
+        .put_in(
+            "spark",
+            &shell(&master.addr(), 23, "true\n"),
+            Priority::Medium,
+        )
+        .await;
+    assert_eq!(master.until_finished().await.0[0].task_instance_id, 23);
+    setup
+        .put_in(
+            "etl",
+            &shell(&master.addr(), 24, "true\n"),
+            Priority::Medium,
+        )
+        .await;
+    assert_eq!(master.until_finished().await.0[0].task_instance_id, 24);
+    for group in ["etl", "spark"] {
+        let members = setup
+            .queue
+            .members(&paths::workers_dir(group))
+            .await
+            .unwrap();
+        assert_eq!(members.len(), 1, "registered in {group}");
+    }
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waits_for_running_tasks_and_stays_registered_meanwhile() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let addr = worker.addr();
+    let t = shell(
+        &master.addr(),
+        25,
+        "while [ ! -f go ]; do sleep 0.02; done\n",
+    );
+    setup.put(&t).await;
+    assert_eq!(kind(&master.next().await), "running");
+
+    let stopping = tokio::spawn(async move {
+        worker.stop().await.unwrap();
+        worker
+    });
+    // The task cannot end before `go` exists, so neither can the stop; and
+    // a draining worker keeps its registration, or masters would fail its
+    // tasks over while they still run here.
+    let members = setup
+        .queue
+        .members(&paths::workers_dir("default"))
+        .await
+        .unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        [addr.as_str()]
+    );
+    assert!(!stopping.is_finished());
+    std::fs::write(setup.workdir(&t).join("go"), "").unwrap();
+
+    let worker = tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    let event = master
+        .events
+        .try_recv()
+        .expect("final event delivered during stop");
+    assert_eq!(kind(&event), "finished");
+    assert!(worker.running_tasks().is_empty());
+
+    // A stopped worker takes nothing.
+    let queued = shell(&master.addr(), 26, "true\n");
+    setup.put(&queued).await;
+    assert_eq!(
+        setup.queue.queue_keys("default").await.unwrap(),
+        [key(&queued, Priority::Medium)]
+    );
+    assert!(setup
+        .queue
+        .members(&paths::workers_dir("default"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_tasks_left_at_its_deadline_and_reports_them() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup
+        .worker_with(setup.config(2))
+        .with_stop_timeout(Duration::from_millis(300));
+    worker.start().await.unwrap();
+    setup.put(&shell(&master.addr(), 27, "sleep 60\n")).await;
+    let leader = running_of(&master.next().await).0 as i32;
+
+    worker.stop().await.unwrap();
+    // Delivered before stop returned.
+    let event = master
+        .events
+        .try_recv()
+        .expect("final event delivered during stop");
+    match event.event {
+        Some(Event::Finished(f)) => {
+            assert_eq!(f.outcome(), TaskOutcome::Failure);
+            assert_eq!(f.reason, "worker stopped before the task finished");
+        }
+        other => panic!("expected finished, got {other:?}"),
+    }
+    assert!(!alive(leader));
+}
