@@ -46,8 +46,14 @@ fn task<'a>(tasks: &'a [TaskInstance], name: &str) -> &'a TaskInstance {
     tasks.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no task instance `{name}`"))
 }
 
+/// Whether `pid` is a live process. A zombie (exited, not yet reaped by
+/// init) does not count: it runs nothing.
 fn pid_alive(pid: &str) -> bool {
-    std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        // The state follows the parenthesised command name: `pid (comm) S ...`.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
 }
 
 async fn diamond_runs_its_middle_tasks_in_parallel(sandbox: Sandbox) {
