@@ -78,7 +78,7 @@ fn standalone_serves_health_and_stops_on_sigterm() {
     let output = terminate(child);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "exit {:?}\n{log}", output.status);
-    for line in ["master registered", "worker registered", "api listening", "shutting down"] {
+    for line in ["master registered", "worker started", "api listening", "shutting down"] {
         assert!(log.contains(line), "missing `{line}` in the log:\n{log}");
     }
 }
