@@ -184,6 +184,8 @@ impl Sandbox {
             failure_strategy: def.failure_strategy,
             schedule_time: None,
             owner: None,
+            start_tasks: Vec::new(),
+            scope: None,
         };
         let mut command = NewCommand::start(def.id);
         command.workflow_version = Some(def.version);

@@ -115,6 +115,8 @@ async fn start(shared: &Arc<Shared>, command: &Command) -> Result<(), StoreError
                 failure_strategy: spec.failure_strategy.unwrap_or(def.failure_strategy),
                 schedule_time: spec.schedule_time,
                 owner: Some(shared.addr.clone()),
+                start_tasks: spec.start_tasks.clone(),
+                scope: spec.scope,
             };
             shared.store.create_instance_for_command(command.id, &new).await?
         }

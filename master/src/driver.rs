@@ -133,7 +133,13 @@ impl Driver {
             }
             tasks.insert(node, task);
         }
-        let selected: BTreeSet<TaskNode> = (0..dag.len()).collect();
+        let selected: BTreeSet<TaskNode> = if instance.start_tasks.is_empty() {
+            (0..dag.len()).collect()
+        } else {
+            let start: Vec<&str> = instance.start_tasks.iter().map(String::as_str).collect();
+            dag.select(&start, instance.scope.unwrap_or(RunScope::Only))
+                .map_err(|e| Abort::Broken(format!("run selection: {e}")))?
+        };
         Ok(Driver {
             fence: instance.fence(),
             project: project.name,

@@ -665,6 +665,9 @@ pub struct NewWorkflowInstance {
     /// The owning master; `None` for an instance pre-created by the API that
     /// a master adopts when it claims the command.
     pub owner: Option<String>,
+    /// Run only these tasks (with `scope`); empty means every task.
+    pub start_tasks: Vec<String>,
+    pub scope: Option<RunScope>,
 }
 
 /// One run of a workflow definition version.
@@ -686,6 +689,9 @@ pub struct WorkflowInstance {
     pub owner_epoch: i64,
     /// 1 for the first run; bumped by rerun and recover.
     pub run: u32,
+    /// The tasks this run is limited to (with `scope`); empty: all tasks.
+    pub start_tasks: Vec<String>,
+    pub scope: Option<RunScope>,
     pub start_time: Option<Timestamp>,
     pub end_time: Option<Timestamp>,
     pub created_at: Timestamp,

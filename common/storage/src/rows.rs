@@ -321,6 +321,8 @@ pub(crate) struct WorkflowInstanceRow {
     pub end_time: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub start_tasks: String,
+    pub scope: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -342,6 +344,8 @@ pub(crate) struct NewWorkflowInstanceRow {
     pub run: i32,
     pub created_at: i64,
     pub updated_at: i64,
+    pub start_tasks: String,
+    pub scope: Option<String>,
 }
 
 impl NewWorkflowInstanceRow {
@@ -363,6 +367,8 @@ impl NewWorkflowInstanceRow {
             run: 1,
             created_at: now,
             updated_at: now,
+            start_tasks: json(&n.start_tasks),
+            scope: n.scope.map(|s| s.to_string()),
         }
     }
 }
@@ -385,6 +391,8 @@ impl WorkflowInstanceRow {
             owner: self.owner,
             owner_epoch: self.owner_epoch,
             run: u32_of("workflow_instances.run", self.run)?,
+            start_tasks: from_json("workflow_instances.start_tasks", &self.start_tasks)?,
+            scope: parse_opt("workflow_instances.scope", self.scope)?,
             start_time: opt_ms(self.start_time)?,
             end_time: opt_ms(self.end_time)?,
             created_at: from_ms(self.created_at)?,

@@ -105,6 +105,8 @@ diesel::table! {
         end_time -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        start_tasks -> Text,
+        scope -> Nullable<Text>,
     }
 }
 

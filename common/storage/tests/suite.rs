@@ -113,6 +113,8 @@ fn new_instance(w: &WorkflowDefinition, owner: Option<&str>) -> NewWorkflowInsta
         failure_strategy: w.failure_strategy,
         schedule_time: None,
         owner: owner.map(str::to_owned),
+        start_tasks: Vec::new(),
+        scope: None,
     }
 }
 
@@ -387,11 +389,14 @@ async fn submit_run_creates_instance_and_command_together(store: Arc<dyn Store>)
     command.scope = Some(RunScope::Downstream);
     let mut instance = new_instance(&w, None);
     instance.params = command.params.clone();
+    instance.start_tasks = vec!["b".into()];
+    instance.scope = Some(RunScope::Downstream);
     let (wi, cmd) = store.submit_run(&instance, &command).await.unwrap();
     let stored = store.workflow_instance(wi).await.unwrap().unwrap();
     assert_eq!((stored.state, stored.owner.clone(), stored.owner_epoch, stored.run), (WorkflowState::Submitted, None, 1, 1));
     assert_eq!((stored.project_id, stored.workflow_name.as_str()), (p.id, "etl"));
     assert_eq!(stored.params["dt"], "20260101");
+    assert_eq!((stored.start_tasks.clone(), stored.scope), (vec!["b".to_string()], Some(RunScope::Downstream)));
     let claimed = store.claim_commands("m1:1", 10).await.unwrap();
     assert_eq!(claimed[0].id, cmd);
     assert_eq!(claimed[0].spec.workflow_instance_id, Some(wi));

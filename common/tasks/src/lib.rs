@@ -28,6 +28,10 @@ pub trait TaskPlugin: Send + Sync {
     /// The lowercase name users write as the task's `type`.
     fn task_type(&self) -> &'static str;
 
+    /// The type-specific keys a task of this type may have (its `body`), so
+    /// that a workflow file can name an unknown key with its path.
+    fn body_fields(&self) -> &'static [&'static str];
+
     /// Checks a task definition's type-specific settings (its `body`) when a
     /// workflow is saved, so that mistakes surface then, not at 3 a.m.
     fn validate(&self, spec: &TaskSpec) -> Result<(), String>;
@@ -396,6 +400,9 @@ mod tests {
     impl TaskPlugin for Escaping {
         fn task_type(&self) -> &'static str {
             "escaping"
+        }
+        fn body_fields(&self) -> &'static [&'static str] {
+            &[]
         }
         fn validate(&self, _: &TaskSpec) -> Result<(), String> {
             Ok(())

@@ -76,6 +76,10 @@ impl TaskPlugin for ScriptPlugin {
         self.task_type
     }
 
+    fn body_fields(&self) -> &'static [&'static str] {
+        &["script"]
+    }
+
     fn validate(&self, spec: &TaskSpec) -> Result<(), String> {
         if let Some(unknown) = spec.body.keys().find(|key| key.as_str() != "script") {
             return Err(format!(

@@ -1,0 +1,438 @@
+//! Workflows as code: the workflow document users keep in git (YAML, or the
+//! same document as JSON), read into domain types with every mistake
+//! reported at its path (`tasks[1].retires: unknown field`).
+//!
+//! ```yaml
+//! project: demo
+//! name: daily_etl
+//! params: {dt: "${system.biz.date}"}
+//! failure_strategy: end            # end | continue
+//! priority: medium                 # highest | high | medium | low | lowest
+//! worker_group: default
+//! tasks:
+//!   - name: extract
+//!     type: shell
+//!     script: echo "extract ${dt}"
+//!     retries: 2
+//!     retry_interval: 30s
+//!     timeout: 10m
+//!     timeout_strategy: fail       # warn | fail | warn_fail
+//!   - name: load
+//!     type: python
+//!     script: print("load")
+//!     deps: [extract]
+//! ```
+//!
+//! Keys a task's type does not define are refused; type-specific keys
+//! (`script`, ...) become the task's `body`, checked by its plugin.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sluice_domain::*;
+use sluice_tasks::TaskPlugins;
+
+/// A mistake in a workflow document, at `field` (a path such as
+/// `tasks[1].timeout`), or in the document as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct DocumentError {
+    pub field: Option<String>,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> DocumentError {
+    DocumentError { field: Some(field.into()), message: message.into() }
+}
+
+fn whole(message: impl Into<String>) -> DocumentError {
+    DocumentError { field: None, message: message.into() }
+}
+
+/// A parsed workflow document. `project` and `name` may be absent when the
+/// context gives them (the API's URL); [`WorkflowDocument::require_project`]
+/// insists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowDocument {
+    pub project: Option<String>,
+    pub spec: WorkflowSpec,
+}
+
+const WORKFLOW_KEYS: &[&str] =
+    &["project", "name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks"];
+const TASK_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "description",
+    "deps",
+    "params",
+    "retries",
+    "retry_interval",
+    "timeout",
+    "timeout_strategy",
+    "priority",
+    "worker_group",
+];
+
+/// Reads a YAML document.
+pub fn parse_yaml(text: &str) -> Result<WorkflowDocument, DocumentError> {
+    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| whole(format!("malformed YAML: {e}")))?;
+    from_value(value)
+}
+
+/// Reads the same document written as JSON.
+pub fn parse_json(text: &str) -> Result<WorkflowDocument, DocumentError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| whole(format!("malformed JSON: {e}")))?;
+    from_value(value)
+}
+
+/// Reads a document already parsed into a JSON value.
+pub fn from_value(value: Value) -> Result<WorkflowDocument, DocumentError> {
+    let Value::Object(mut doc) = value else {
+        return Err(whole(format!("a workflow document is a mapping, got {}", kind(&value))));
+    };
+    if let Some(unknown) = doc.keys().find(|k| !WORKFLOW_KEYS.contains(&k.as_str())) {
+        return Err(err(unknown.clone(), format!("unknown field, expected one of: {}", WORKFLOW_KEYS.join(", "))));
+    }
+    let project = opt_text(&mut doc, "project", "project")?;
+    let name = opt_text(&mut doc, "name", "name")?.unwrap_or_default();
+    let tasks = match doc.remove("tasks") {
+        None | Some(Value::Null) => return Err(err("tasks", "required: a workflow needs at least one task")),
+        Some(Value::Array(tasks)) => tasks,
+        Some(other) => return Err(err("tasks", format!("expected a list of tasks, got {}", kind(&other)))),
+    };
+    let tasks = tasks.into_iter().enumerate().map(|(i, t)| task(i, t)).collect::<Result<Vec<_>, _>>()?;
+    Ok(WorkflowDocument {
+        project,
+        spec: WorkflowSpec {
+            name,
+            description: opt_text(&mut doc, "description", "description")?.unwrap_or_default(),
+            params: params(&mut doc, "params")?,
+            failure_strategy: opt_parsed(&mut doc, "failure_strategy", "failure_strategy")?.unwrap_or_default(),
+            priority: opt_parsed(&mut doc, "priority", "priority")?.unwrap_or_default(),
+            worker_group: opt_parsed(&mut doc, "worker_group", "worker_group")?.unwrap_or_default(),
+            tasks,
+        },
+    })
+}
+
+fn task(index: usize, value: Value) -> Result<TaskSpec, DocumentError> {
+    let at = format!("tasks[{index}]");
+    let Value::Object(mut map) = value else {
+        return Err(err(at, format!("a task is a mapping, got {}", kind(&value))));
+    };
+    let path = |key: &str| format!("{at}.{key}");
+    let name = opt_text(&mut map, "name", &path("name"))?.ok_or_else(|| err(path("name"), "required"))?;
+    let task_type = opt_text(&mut map, "type", &path("type"))?.ok_or_else(|| err(path("type"), "required"))?;
+    let mut spec = TaskSpec::new(name, task_type);
+    spec.description = opt_text(&mut map, "description", &path("description"))?.unwrap_or_default();
+    spec.deps = match map.remove("deps") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(deps)) => deps
+            .into_iter()
+            .enumerate()
+            .map(|(j, d)| match d {
+                Value::String(d) => Ok(d),
+                other => Err(err(format!("{at}.deps[{j}]"), format!("expected a task name, got {}", kind(&other)))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(Value::String(one)) => vec![one],
+        Some(other) => return Err(err(path("deps"), format!("expected a list of task names, got {}", kind(&other)))),
+    };
+    spec.params = params(&mut map, &path("params"))?;
+    spec.retries = match map.remove("retries") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| err(path("retries"), format!("expected a count (0 or more), got {n}")))?,
+        Some(other) => return Err(err(path("retries"), format!("expected a count, got {}", kind(&other)))),
+    };
+    spec.retry_interval = duration(&mut map, &path("retry_interval"), "retry_interval")?.unwrap_or(Duration::ZERO);
+    spec.timeout = duration(&mut map, &path("timeout"), "timeout")?;
+    spec.timeout_strategy = opt_parsed(&mut map, "timeout_strategy", &path("timeout_strategy"))?.unwrap_or_default();
+    spec.priority = opt_parsed(&mut map, "priority", &path("priority"))?.unwrap_or_default();
+    spec.worker_group = opt_parsed(&mut map, "worker_group", &path("worker_group"))?;
+    // What is left is the type-specific part; its keys are checked against
+    // the plugin in `validate`, where the type's plugin is known.
+    spec.body = map;
+    Ok(spec)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn opt_text(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, DocumentError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(err(path, format!("expected text, got {}", kind(&other)))),
+    }
+}
+
+fn opt_parsed<T>(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<Option<T>, DocumentError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    opt_text(map, key, path)?.map(|raw| raw.parse::<T>().map_err(|e| err(path, e.to_string()))).transpose()
+}
+
+fn duration(map: &mut Map<String, Value>, path: &str, key: &str) -> Result<Option<Duration>, DocumentError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => duration_text::parse(&text).map(Some).map_err(|e| err(path, e)),
+        Some(other) => Err(err(path, format!("expected a duration such as 500ms, 30s, 10m, 1h, got {}", kind(&other)))),
+    }
+}
+
+/// Parameters are text; numbers and booleans written without quotes in
+/// YAML (`dt: 20260101`) are taken as their text.
+fn params(map: &mut Map<String, Value>, path: &str) -> Result<Params, DocumentError> {
+    let key = path.rsplit('.').next().unwrap_or(path);
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(Params::new()),
+        Some(Value::Object(entries)) => entries
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                Value::Number(n) => Ok((k, n.to_string())),
+                Value::Bool(b) => Ok((k, b.to_string())),
+                other => Err(err(format!("{path}.{k}"), format!("expected text, got {}", kind(&other)))),
+            })
+            .collect(),
+        Some(other) => Err(err(path, format!("expected a mapping of names to values, got {}", kind(&other)))),
+    }
+}
+
+impl WorkflowDocument {
+    /// The project the document names; an error at `project` if it names none.
+    pub fn require_project(&self) -> Result<&str, DocumentError> {
+        self.project.as_deref().ok_or_else(|| err("project", "required"))
+    }
+
+    /// Checks everything that can be checked without a server: names, each
+    /// task's type and type-specific keys, and the DAG. Returns the DAG.
+    pub fn validate(&self, plugins: &TaskPlugins) -> Result<Dag, DocumentError> {
+        if let Some(project) = &self.project {
+            validate_name("project", project).map_err(|e| err("project", e.to_string()))?;
+        }
+        if self.spec.name.is_empty() {
+            return Err(err("name", "required"));
+        }
+        validate_name("workflow", &self.spec.name).map_err(|e| err("name", e.to_string()))?;
+        for (i, task) in self.spec.tasks.iter().enumerate() {
+            let at = format!("tasks[{i}]");
+            validate_name("task", &task.name).map_err(|e| err(format!("{at}.name"), e.to_string()))?;
+            let plugin = plugins.get(task.task_type.as_str()).ok_or_else(|| {
+                err(
+                    format!("{at}.type"),
+                    format!("unknown task type `{}`, known: {}", task.task_type, plugins.known().join(", ")),
+                )
+            })?;
+            if let Some(unknown) = task.body.keys().find(|k| !plugin.body_fields().contains(&k.as_str())) {
+                let expected: Vec<&str> = TASK_KEYS.iter().chain(plugin.body_fields()).copied().collect();
+                return Err(err(format!("{at}.{unknown}"), format!("unknown field, expected one of: {}", expected.join(", "))));
+            }
+            plugin.validate(task).map_err(|message| err(at.clone(), message))?;
+            for (j, dep) in task.deps.iter().enumerate() {
+                if !self.spec.tasks.iter().any(|t| &t.name == dep) {
+                    return Err(err(format!("{at}.deps[{j}]"), format!("task `{}` depends on unknown task `{dep}`", task.name)));
+                }
+            }
+        }
+        self.spec.validate().map_err(|e| match e {
+            SpecError::Dag(DagError::Cycle(_) | DagError::DuplicateTasks(_) | DagError::Empty) => err("tasks", e.to_string()),
+            other => whole(other.to_string()),
+        })
+    }
+}
+
+/// The document form of a stored workflow (type-specific keys back at the
+/// task's top level), as JSON; render it as YAML with [`to_yaml`].
+pub fn to_value(project: &str, spec: &WorkflowSpec) -> Value {
+    let mut doc = Map::new();
+    doc.insert("project".into(), project.into());
+    doc.insert("name".into(), spec.name.clone().into());
+    if !spec.description.is_empty() {
+        doc.insert("description".into(), spec.description.clone().into());
+    }
+    if !spec.params.is_empty() {
+        doc.insert("params".into(), serde_json::to_value(&spec.params).expect("params"));
+    }
+    doc.insert("failure_strategy".into(), spec.failure_strategy.as_str().into());
+    doc.insert("priority".into(), spec.priority.as_str().into());
+    doc.insert("worker_group".into(), spec.worker_group.as_str().into());
+    let tasks = spec
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut task = Map::new();
+            task.insert("name".into(), t.name.clone().into());
+            task.insert("type".into(), t.task_type.as_str().into());
+            if !t.description.is_empty() {
+                task.insert("description".into(), t.description.clone().into());
+            }
+            for (k, v) in &t.body {
+                task.insert(k.clone(), v.clone());
+            }
+            if !t.deps.is_empty() {
+                task.insert("deps".into(), serde_json::to_value(&t.deps).expect("deps"));
+            }
+            if !t.params.is_empty() {
+                task.insert("params".into(), serde_json::to_value(&t.params).expect("params"));
+            }
+            if t.retries > 0 {
+                task.insert("retries".into(), t.retries.into());
+                task.insert("retry_interval".into(), humantime_text(t.retry_interval).into());
+            }
+            if let Some(timeout) = t.timeout {
+                task.insert("timeout".into(), humantime_text(timeout).into());
+                task.insert("timeout_strategy".into(), t.timeout_strategy.as_str().into());
+            }
+            task.insert("priority".into(), t.priority.as_str().into());
+            if let Some(group) = &t.worker_group {
+                task.insert("worker_group".into(), group.as_str().into());
+            }
+            Value::Object(task)
+        })
+        .collect();
+    doc.insert("tasks".into(), Value::Array(tasks));
+    Value::Object(doc)
+}
+
+fn humantime_text(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The document as YAML.
+pub fn to_yaml(project: &str, spec: &WorkflowSpec) -> String {
+    serde_yaml_ng::to_string(&to_value(project, spec)).expect("documents render as YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+project: demo
+name: daily_etl
+description: example pipeline
+params: {dt: "${system.biz.date}", n: 3}
+failure_strategy: end
+priority: medium
+worker_group: default
+tasks:
+  - name: extract
+    type: shell
+    script: echo "extract ${dt}"
+    retries: 2
+    retry_interval: 30s
+    timeout: 10m
+    timeout_strategy: fail
+    priority: high
+  - name: load
+    type: python
+    script: print("load")
+    deps: [extract]
+"#;
+
+    fn plugins() -> TaskPlugins {
+        TaskPlugins::builtin()
+    }
+
+    fn error_of(yaml: &str) -> String {
+        match parse_yaml(yaml) {
+            Err(e) => e.to_string(),
+            Ok(doc) => doc.validate(&plugins()).err().map(|e| e.to_string()).unwrap_or_else(|| "no error".into()),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_reads_into_domain_types() {
+        let doc = parse_yaml(EXAMPLE).unwrap();
+        doc.validate(&plugins()).unwrap();
+        assert_eq!(doc.project.as_deref(), Some("demo"));
+        let spec = &doc.spec;
+        assert_eq!((spec.name.as_str(), spec.priority, spec.failure_strategy), ("daily_etl", Priority::Medium, FailureStrategy::End));
+        assert_eq!(spec.params["dt"], "${system.biz.date}");
+        assert_eq!(spec.params["n"], "3");
+        let extract = &spec.tasks[0];
+        assert_eq!(extract.retries, 2);
+        assert_eq!(extract.retry_interval, Duration::from_secs(30));
+        assert_eq!(extract.timeout, Some(Duration::from_secs(600)));
+        assert_eq!((extract.timeout_strategy, extract.priority), (TimeoutStrategy::Fail, Priority::High));
+        assert_eq!(extract.body["script"], "echo \"extract ${dt}\"");
+        assert_eq!(spec.tasks[1].deps, ["extract"]);
+    }
+
+    #[test]
+    fn json_and_yaml_are_the_same_document() {
+        let yaml = parse_yaml(EXAMPLE).unwrap();
+        let json = parse_json(&serde_json::to_string(&serde_yaml_ng::from_str::<Value>(EXAMPLE).unwrap()).unwrap()).unwrap();
+        assert_eq!(yaml, json);
+    }
+
+    #[test]
+    fn documents_round_trip() {
+        let doc = parse_yaml(EXAMPLE).unwrap();
+        let again = parse_yaml(&to_yaml("demo", &doc.spec)).unwrap();
+        assert_eq!(again.spec.normalized(), doc.spec.normalized());
+        assert_eq!(again.project.as_deref(), Some("demo"));
+    }
+
+    #[test]
+    fn durations_accept_the_documented_units() {
+        for (text, d) in [("500ms", Duration::from_millis(500)), ("30s", Duration::from_secs(30)), ("10m", Duration::from_secs(600)), ("1h", Duration::from_secs(3600))] {
+            let yaml = format!("name: w\ntasks:\n  - {{name: a, type: shell, script: x, timeout: {text}}}\n");
+            assert_eq!(parse_yaml(&yaml).unwrap().spec.tasks[0].timeout, Some(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_path() {
+        let cases = [
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\n  - {name: b, type: shell, script: x, retires: 2}\n",
+             "tasks[1].retires: unknown field, expected one of: name, type, description, deps, params, retries, retry_interval, timeout, timeout_strategy, priority, worker_group, script"),
+            ("name: w\nschedulle: daily\ntasks: []\n", "schedulle: unknown field"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, timeout: 10 parsecs}\n", "tasks[0].timeout: invalid duration `10 parsecs`"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, retries: -1}\n", "tasks[0].retries: expected a count (0 or more), got -1"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, priority: urgent}\n", "tasks[0].priority: unknown Priority `urgent`"),
+            ("name: w\ntasks:\n  - {name: a, type: sparkk, script: x}\n", "tasks[0].type: unknown task type `sparkk`, known: python, shell"),
+            ("name: w\ntasks:\n  - {name: a, type: python}\n", "tasks[0]: `script` is required for type python"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, deps: [zz]}\n", "tasks[0].deps[0]: task `a` depends on unknown task `zz`"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, deps: [b]}\n  - {name: b, type: shell, script: x, deps: [a]}\n",
+             "tasks: dependency cycle between tasks: `a`, `b`"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\n  - {name: a, type: shell, script: y}\n", "tasks: duplicate task names: `a`"),
+            ("name: w\ntasks: []\n", "tasks: the workflow has no tasks"),
+            ("name: w\n", "tasks: required"),
+            ("tasks:\n  - {name: a, type: shell, script: x}\n", "name: required"),
+            ("name: a/b\ntasks:\n  - {name: a, type: shell, script: x}\n", "name: invalid workflow name `a/b`"),
+            ("name: w\ntasks:\n  - {name: a b, type: shell, script: x}\n", "tasks[0].name: invalid task name `a b`"),
+            ("name: w\nparams: [1, 2]\ntasks:\n  - {name: a, type: shell, script: x}\n", "params: expected a mapping"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, worker_group: 'gpu pool'}\n", "tasks[0].worker_group: invalid worker group name"),
+            ("name: w\ntasks: {a: 1}\n", "tasks: expected a list of tasks, got a mapping"),
+            ("- just\n- a list\n", "a workflow document is a mapping, got a list"),
+            ("name: [unclosed\n", "malformed YAML"),
+        ];
+        for (yaml, expected) in cases {
+            let got = error_of(yaml);
+            assert!(got.starts_with(expected), "for {yaml:?}\n  expected: {expected}\n  got:      {got}");
+        }
+    }
+
+    #[test]
+    fn project_is_required_only_when_asked() {
+        let doc = parse_yaml("name: w\ntasks:\n  - {name: a, type: shell, script: x}\n").unwrap();
+        doc.validate(&plugins()).unwrap();
+        assert_eq!(doc.require_project().unwrap_err().to_string(), "project: required");
+    }
+}

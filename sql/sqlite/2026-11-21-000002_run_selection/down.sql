@@ -1,0 +1,2 @@
+ALTER TABLE workflow_instances DROP COLUMN scope;
+ALTER TABLE workflow_instances DROP COLUMN start_tasks;
