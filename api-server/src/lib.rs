@@ -1,6 +1,8 @@
 //! The api-server role: Sluice's REST API under `/api/v1`. It writes
 //! commands and reads state; it never runs workflows itself.
 
+pub mod types;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sluice_config::{MasterConfig, WorkerConfig};
 use sluice_domain::*;
+use sluice_api::ApiServer;
 use sluice_master::Master;
 use sluice_registry::{EmbeddedRegistry, Registry, ZkRegistry};
 use sluice_runtime::Role;
@@ -41,6 +42,7 @@ pub struct Sandbox {
     store: Arc<dyn Store>,
     registries: Registries,
     database: Database,
+    api: ApiServer,
     masters: Vec<Master>,
     workers: Vec<Worker>,
     sessions: Vec<Arc<dyn Registry>>,
@@ -96,7 +98,9 @@ impl Sandbox {
 
     async fn assemble(name: &'static str, store: Arc<dyn Store>, registries: Registries, database: Database, dir: tempfile::TempDir) -> Sandbox {
         let project = store.create_project("e2e", "end-to-end tests", &Params::new()).await.expect("create project").id;
-        Sandbox { name, store, registries, database, masters: Vec::new(), workers: Vec::new(), sessions: Vec::new(), dir, project }
+        let mut api = ApiServer::new("127.0.0.1:0".parse().expect("addr"), store.clone());
+        api.start().await.expect("start api");
+        Sandbox { name, store, registries, database, api, masters: Vec::new(), workers: Vec::new(), sessions: Vec::new(), dir, project }
     }
 
     /// "standalone" or "cluster", for messages.
@@ -106,6 +110,16 @@ impl Sandbox {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Base URL of the sandbox's REST API, e.g. `http://127.0.0.1:40123`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api.local_addr().expect("api started"))
+    }
+
+    /// The project the sandbox created (`e2e`).
+    pub fn project(&self) -> ProjectId {
+        self.project
     }
 
     /// A scratch directory tests may use for files their tasks write.
@@ -246,6 +260,7 @@ impl Sandbox {
         for mut master in self.masters.drain(..) {
             let _ = master.stop().await;
         }
+        let _ = self.api.stop().await;
         for session in self.sessions.drain(..) {
             session.close().await;
         }
