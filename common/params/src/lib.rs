@@ -6,6 +6,7 @@
 //! dispatches, so an expression that cannot be resolved fails the task
 //! before it starts, with a message naming the expression.
 
+pub mod cron;
 mod expr;
 mod format;
 mod time;
