@@ -252,6 +252,19 @@ impl Sandbox {
         self.wait_until(instance, within, "finish", |wi, _| wi.state.is_final()).await
     }
 
+    /// Stops the master that fires schedules; returns whether one did.
+    pub async fn stop_cron_leader(&mut self) -> bool {
+        let Some(i) = self.masters.iter().position(|m| m.is_cron_leader()) else { return false };
+        let mut master = self.masters.remove(i);
+        master.stop().await.expect("stop master");
+        true
+    }
+
+    /// Whether some master fires schedules now.
+    pub fn has_cron_leader(&self) -> bool {
+        self.masters.iter().any(|m| m.is_cron_leader())
+    }
+
     /// Stops every role (workers first, so they report what they ran).
     pub async fn shutdown(mut self) {
         for mut worker in self.workers.drain(..) {

@@ -4,6 +4,7 @@
 //! ([`driver`]); workers report task events to it over gRPC ([`rpc`]).
 
 mod commands;
+mod cron;
 mod driver;
 mod rpc;
 mod workers;
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub drivers: Mutex<HashMap<WorkflowInstanceId, mpsc::UnboundedSender<DriverMsg>>>,
     pub workers: WorkerClients,
     pub shutdown: CancellationToken,
+    /// Whether this master holds `locks/cron` right now.
+    pub cron_leader: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -70,6 +73,11 @@ impl Master {
         self.bound
     }
 
+    /// Whether this master fires the schedules (holds `locks/cron`).
+    pub fn is_cron_leader(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.cron_leader.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// Workflow instances driven right now.
     pub fn driven_instances(&self) -> Vec<WorkflowInstanceId> {
         self.shared.as_ref().map_or_else(Vec::new, |s| s.drivers.lock().expect("drivers lock").keys().copied().collect())
@@ -97,6 +105,7 @@ impl Role for Master {
             drivers: Mutex::new(HashMap::new()),
             workers: WorkerClients::default(),
             shutdown: CancellationToken::new(),
+            cron_leader: std::sync::atomic::AtomicBool::new(false),
         });
 
         let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));
@@ -131,6 +140,7 @@ impl Role for Master {
             Heartbeat::start(self.registry.clone(), paths::master_node(&addr), self.config.heartbeat_interval, beat).await?,
         );
         self.tasks.push(tokio::spawn(commands::command_loop(shared.clone())));
+        self.tasks.push(tokio::spawn(cron::cron_loop(shared.clone())));
         self.shared = Some(shared);
         tracing::info!(%addr, "master registered");
         Ok(())

@@ -1,0 +1,165 @@
+//! The cron leader: exactly one master at a time holds `locks/cron` and
+//! turns schedule fire times into start commands. A (schedule, fire time)
+//! pair is unique in the command table, so a leadership change can fire a
+//! time late but never twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sluice_domain::{MisfirePolicy, NewCommand, Schedule, ScheduleId, Trigger};
+use sluice_params::cron::{due, Cron, Misfire, Timing};
+use sluice_registry::paths;
+
+use crate::Shared;
+
+/// How often the leader re-reads the schedules (new, changed, online/offline).
+const RELOAD: Duration = Duration::from_secs(1);
+/// Most missed fire times one schedule catches up on at once (`run_all`).
+const CATCH_UP_LIMIT: usize = 1000;
+
+pub(crate) async fn cron_loop(shared: Arc<Shared>) {
+    let name = paths::cron_lock();
+    loop {
+        let lock = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            lock = shared.registry.lock(&name) => lock,
+        };
+        let guard = match lock {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the cron lock; retrying");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        tracing::info!(master = %shared.addr, "cron leader");
+        shared.cron_leader.store(true, Ordering::SeqCst);
+        let lost = guard.lost();
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => {
+                shared.cron_leader.store(false, Ordering::SeqCst);
+                guard.release().await;
+                return;
+            }
+            _ = lost => tracing::warn!("cron lock lost; no longer firing schedules"),
+            _ = lead(&shared) => {}
+        }
+        shared.cron_leader.store(false, Ordering::SeqCst);
+    }
+}
+
+struct Entry {
+    schedule: Schedule,
+    timing: Timing,
+    next: Option<DateTime<Utc>>,
+}
+
+fn timing(schedule: &Schedule) -> Result<Timing, String> {
+    Ok(match &schedule.trigger {
+        Trigger::Cron { expression, timezone } => Timing::Cron {
+            cron: Cron::parse(expression).map_err(|e| e.to_string())?,
+            tz: sluice_params::timezone(timezone).map_err(|e| e.to_string())?,
+        },
+        Trigger::Interval { every, times } => Timing::Every {
+            every: chrono::Duration::from_std(*every).map_err(|e| e.to_string())?,
+            times: *times,
+            start: schedule.start.unwrap_or(schedule.created_at),
+        },
+    })
+}
+
+fn misfire(policy: MisfirePolicy) -> Misfire {
+    match policy {
+        MisfirePolicy::RunOnce => Misfire::RunOnce,
+        MisfirePolicy::RunAll => Misfire::RunAll,
+        MisfirePolicy::Skip => Misfire::Skip,
+    }
+}
+
+/// Fires schedules until the future is dropped (lock lost, shutdown).
+async fn lead(shared: &Arc<Shared>) {
+    let mut entries: HashMap<ScheduleId, Entry> = HashMap::new();
+    let mut reload_at = tokio::time::Instant::now();
+    loop {
+        if tokio::time::Instant::now() >= reload_at {
+            reload(shared, &mut entries).await;
+            reload_at = tokio::time::Instant::now() + RELOAD;
+        }
+        let now = Utc::now();
+        let due_ids: Vec<ScheduleId> = entries.iter().filter(|(_, e)| e.next.is_some_and(|n| n <= now)).map(|(id, _)| *id).collect();
+        for id in due_ids {
+            let entry = entries.get_mut(&id).expect("listed");
+            let at = entry.next.expect("due");
+            fire(shared, &entry.schedule, at).await;
+            entry.schedule.last_fire = Some(at);
+            entry.next = entry.timing.next_after(at, entry.schedule.end);
+        }
+        let next = entries.values().filter_map(|e| e.next).min();
+        let wake = match next {
+            Some(next) => {
+                let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                (tokio::time::Instant::now() + until).min(reload_at)
+            }
+            None => reload_at,
+        };
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// Re-reads the online schedules: new ones are planned (catching up on
+/// missed fire times per their misfire policy), changed ones re-planned,
+/// offline or deleted ones dropped.
+async fn reload(shared: &Arc<Shared>, entries: &mut HashMap<ScheduleId, Entry>) {
+    let schedules = match shared.store.online_schedules().await {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read schedules");
+            return;
+        }
+    };
+    let online: std::collections::HashSet<ScheduleId> = schedules.iter().map(|s| s.id).collect();
+    entries.retain(|id, _| online.contains(id));
+    for schedule in schedules {
+        let unchanged = entries.get(&schedule.id).is_some_and(|e| {
+            e.schedule.trigger == schedule.trigger && e.schedule.start == schedule.start && e.schedule.end == schedule.end && e.schedule.misfire == schedule.misfire
+        });
+        if unchanged {
+            continue;
+        }
+        let timing = match timing(&schedule) {
+            Ok(t) => t,
+            Err(error) => {
+                tracing::error!(schedule = %schedule.id, %error, "schedule cannot fire");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        // Missed while nobody led (or while this schedule was unknown here).
+        let from = schedule.last_fire.or(Some(schedule.updated_at)).map(|t| t.max(schedule.start.unwrap_or(t)));
+        for at in due(&timing, from, now, schedule.end, misfire(schedule.misfire), CATCH_UP_LIMIT) {
+            fire(shared, &schedule, at).await;
+        }
+        let after = schedule.start.map(|s| s - chrono::Duration::milliseconds(1)).filter(|s| *s > now).unwrap_or(now);
+        let next = timing.next_after(after, schedule.end);
+        entries.insert(schedule.id, Entry { schedule, timing, next });
+    }
+}
+
+async fn fire(shared: &Arc<Shared>, schedule: &Schedule, at: DateTime<Utc>) {
+    let mut command = NewCommand::start(schedule.workflow_id);
+    command.schedule_id = Some(schedule.id);
+    command.schedule_time = Some(at);
+    match shared.store.insert_scheduled_command(&command).await {
+        Ok(Some(id)) => {
+            let lag_ms = (Utc::now() - at).num_milliseconds();
+            tracing::info!(schedule = %schedule.id, workflow = %schedule.workflow_id, fire_time = %at, lag_ms, command = %id, "schedule fired");
+        }
+        Ok(None) => tracing::debug!(schedule = %schedule.id, fire_time = %at, "fire time already fired"),
+        Err(error) => tracing::error!(schedule = %schedule.id, fire_time = %at, %error, "schedule fire not recorded"),
+    }
+}
