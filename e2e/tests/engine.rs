@@ -38,6 +38,8 @@ both_deployments!(
     queued_tasks_start_in_priority_order_on_a_one_slot_worker,
     a_running_task_can_be_killed,
     a_workflow_instance_can_be_stopped,
+    parameters_and_outputs_reach_downstream_tasks,
+    an_unresolvable_expression_fails_the_task_before_it_starts,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -224,6 +226,46 @@ async fn a_workflow_instance_can_be_stopped(sandbox: Sandbox) {
     assert_eq!(wi.state, WorkflowState::Stopped, "[{}] {tasks:?}", sandbox.name());
     assert!(tasks.iter().all(|t| t.state == TaskState::Killed), "{tasks:?}");
     assert_eq!(tasks.len(), 2);
+    sandbox.shutdown().await;
+}
+
+async fn parameters_and_outputs_reach_downstream_tasks(sandbox: Sandbox) {
+    let seen = sandbox.scratch().join("seen");
+    let mut spec = workflow(
+        "params",
+        vec![
+            shell("produce", "echo \"producing for ${dt}\"; echo '${setValue(rows=42)}'", &[]),
+            shell(
+                "consume",
+                &format!("echo \"${{rows}} ${{dt}} $dt ${{system.workflow.name}} $[yyyy] ${{HOME:-none}}\" > {}", seen.display()),
+                &["produce"],
+            ),
+        ],
+    );
+    spec.params.insert("dt".into(), "${system.biz.date}".into());
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(task(&tasks, "produce").outputs.get("rows").map(String::as_str), Some("42"));
+    // A manual run's schedule time is its creation time (UTC here).
+    let biz_date = (wi.created_at - chrono::Duration::days(1)).format("%Y%m%d").to_string();
+    let year = wi.created_at.format("%Y").to_string();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "none".into());
+    let got = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(got.trim(), format!("42 {biz_date} {biz_date} params {year} {home}"), "[{}]", sandbox.name());
+    sandbox.shutdown().await;
+}
+
+async fn an_unresolvable_expression_fails_the_task_before_it_starts(sandbox: Sandbox) {
+    let spec = workflow("broken", vec![shell("bad", "echo $[yyyyMMdd-1x]", &[]), shell("after", "echo never", &["bad"])]);
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(tasks.len(), 1);
+    let bad = task(&tasks, "bad");
+    assert_eq!((bad.state, bad.host.as_deref(), bad.start_time), (TaskState::Failure, None, None), "it never reached a worker");
+    let message = bad.message.as_deref().unwrap_or_default();
+    assert!(message.starts_with("cannot resolve `$[yyyyMMdd-1x]`"), "[{}] {message}", sandbox.name());
     sandbox.shutdown().await;
 }
 

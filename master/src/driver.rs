@@ -91,8 +91,10 @@ struct Driver {
     def: WorkflowDefinition,
     dag: Dag,
     project: String,
-    /// Parameters every task sees: project < workflow < run.
-    params: Params,
+    project_params: Params,
+    /// The zone schedule times and time expressions are read in: the
+    /// workflow's cron schedule's, else UTC.
+    timezone: sluice_params::Tz,
     selected: BTreeSet<TaskNode>,
     tasks: HashMap<TaskNode, TaskInstance>,
     /// Retry timers of tasks in `RetryWait`.
@@ -119,9 +121,12 @@ impl Driver {
             .project_by_id(instance.project_id)
             .await?
             .ok_or_else(|| Abort::Broken(format!("project {} is gone", instance.project_id)))?;
-        let mut params = project.params.clone();
-        params.extend(def.params.clone());
-        params.extend(instance.params.clone());
+        let timezone = match store.schedule(instance.workflow_id).await? {
+            Some(Schedule { trigger: Trigger::Cron { timezone, .. }, .. }) => {
+                sluice_params::timezone(&timezone).unwrap_or(sluice_params::Tz::UTC)
+            }
+            _ => sluice_params::Tz::UTC,
+        };
         let mut tasks = HashMap::new();
         let mut retry_at = HashMap::new();
         for task in store.task_instances(instance.id).await? {
@@ -143,11 +148,12 @@ impl Driver {
         Ok(Driver {
             fence: instance.fence(),
             project: project.name,
+            project_params: project.params,
+            timezone,
             shared,
             instance,
             def,
             dag,
-            params,
             selected,
             tasks,
             retry_at,
@@ -261,6 +267,7 @@ impl Driver {
                 let mut update = TaskUpdate {
                     exit_code: Some(finished.exit_code),
                     end_time: Some(Some(at)),
+                    message: Some(Some(finished.reason.clone())),
                     ..Default::default()
                 };
                 if task.host.is_none() {
@@ -270,6 +277,7 @@ impl Driver {
                 match outcome {
                     TaskOutcome::Success => {
                         tracing::info!(task_instance = %id, attempt = event.attempt, "task succeeded");
+                        update.outputs = Some(finished.outputs.into_iter().collect());
                         self.set_task_state(node, TaskEvent::Succeed, update).await?;
                     }
                     TaskOutcome::Killed => {
@@ -414,6 +422,7 @@ impl Driver {
                     priority: def.spec.priority,
                     worker_group: self.task_group(node),
                     max_retries: def.spec.retries,
+                    run: self.instance.run,
                 }
             })
             .collect();
@@ -445,13 +454,67 @@ impl Driver {
         }
     }
 
-    /// Marks the current attempt dispatched, then puts it in its group's queue.
+    /// Output parameters of the successful tasks upstream of `node`, nearer
+    /// ones (later in topological order) winning.
+    fn upstream_outputs(&self, node: TaskNode) -> Params {
+        let ancestors = self.dag.ancestors(&[node]);
+        let mut outputs = Params::new();
+        for n in self.dag.topological_order().iter().filter(|n| **n != node && ancestors.contains(n)) {
+            if let Some(task) = self.tasks.get(n).filter(|t| t.state.is_success()) {
+                outputs.extend(task.outputs.clone());
+            }
+        }
+        outputs
+    }
+
+    /// The task's parameters and body with every `${...}`/`$[...]` resolved
+    /// (sluice-params), or why they cannot be.
+    fn resolve(&self, node: TaskNode, spec: &TaskSpec) -> Result<(Params, serde_json::Map<String, serde_json::Value>), sluice_params::ExprError> {
+        let ctx = sluice_params::Context {
+            schedule_time: self.instance.schedule_time.unwrap_or(self.instance.created_at),
+            timezone: self.timezone,
+            project: self.project.clone(),
+            workflow: self.def.name.clone(),
+            workflow_instance_id: self.instance.id.get(),
+            task_instance_id: Some(self.tasks[&node].id.get()),
+        };
+        let layers = sluice_params::Layers {
+            project: self.project_params.clone(),
+            workflow: self.def.params.clone(),
+            upstream: self.upstream_outputs(node),
+            task: spec.params.clone(),
+            run: self.instance.params.clone(),
+        };
+        let params = sluice_params::resolve(&layers, &ctx)?;
+        let mut body = spec.body.clone();
+        for value in body.values_mut() {
+            if let serde_json::Value::String(text) = value {
+                *text = sluice_params::substitute(text, &params, &ctx)?;
+            }
+        }
+        Ok((params, body))
+    }
+
+    /// Resolves the attempt's parameters, marks it dispatched, then puts it
+    /// in its group's queue. A task whose parameters cannot be resolved
+    /// fails here, before it starts.
     async fn dispatch(&mut self, node: TaskNode) -> Result<(), Abort> {
-        self.set_task_state(node, TaskEvent::Dispatch, TaskUpdate::default()).await?;
         let spec = self.task_spec(node).clone();
+        let (params, body) = match self.resolve(node, &spec) {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                tracing::warn!(task_instance = %self.tasks[&node].id, %error, "task parameters cannot be resolved");
+                let update = TaskUpdate {
+                    message: Some(Some(error.to_string())),
+                    end_time: Some(Some(Utc::now())),
+                    ..Default::default()
+                };
+                self.set_task_state(node, TaskEvent::Fail, update).await?;
+                return self.after_failure(node).await;
+            }
+        };
+        self.set_task_state(node, TaskEvent::Dispatch, TaskUpdate::default()).await?;
         let task = &self.tasks[&node];
-        let mut params = self.params.clone();
-        params.extend(spec.params.clone());
         let payload = TaskDispatch {
             workflow_instance_id: self.instance.id,
             task_instance_id: task.id,
@@ -461,7 +524,7 @@ impl Driver {
             workflow: self.def.name.clone(),
             task: spec.name.clone(),
             task_type: spec.task_type.clone(),
-            body: spec.body.clone(),
+            body,
             params,
             timeout: spec.timeout,
             timeout_strategy: spec.timeout_strategy,

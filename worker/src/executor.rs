@@ -1,5 +1,6 @@
 //! Running one task attempt as an OS process group, start to report.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -31,11 +32,13 @@ const GROUP_POLL: Duration = Duration::from_millis(20);
 const AFTER_SIGKILL: Duration = Duration::from_secs(5);
 
 /// How an attempt ended, as reported to the master.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Finished {
     pub outcome: TaskOutcome,
     pub exit_code: Option<i32>,
     pub reason: String,
+    /// Output parameters the task printed (`${setValue(key=value)}`).
+    pub outputs: BTreeMap<String, String>,
 }
 
 impl Finished {
@@ -44,6 +47,7 @@ impl Finished {
             outcome: TaskOutcome::Failure,
             exit_code: None,
             reason: reason.into(),
+            outputs: BTreeMap::new(),
         }
     }
 
@@ -52,6 +56,7 @@ impl Finished {
             outcome: self.outcome.into(),
             exit_code: self.exit_code,
             reason: self.reason,
+            outputs: self.outputs.into_iter().collect(),
         })
     }
 }
@@ -209,7 +214,11 @@ async fn execute(
         }
     };
     match ended {
-        Ended::Exited(Ok(status)) => exited(status),
+        Ended::Exited(Ok(status)) => {
+            let mut finished = exited(status);
+            finished.outputs = read_outputs(&log_path).await;
+            finished
+        }
         Ended::Exited(Err(error)) => {
             // The child can no longer be waited for; make sure nothing of
             // it lives on unobserved.
@@ -228,6 +237,7 @@ async fn execute(
                     } else {
                         reason
                     },
+                    ..Finished::default()
                 },
                 StopCause::Shutdown => Finished::failure("worker stopped before the task finished"),
             }
@@ -268,6 +278,7 @@ fn stopped_before_start(cause: StopCause) -> Finished {
             } else {
                 reason
             },
+            ..Finished::default()
         },
         StopCause::Shutdown => Finished::failure("worker stopped before the task started"),
     }
@@ -374,6 +385,22 @@ fn env(
     Ok(vars)
 }
 
+/// The `${setValue(key=value)}` lines of an attempt's log, read line by
+/// line so that a huge log is never held in memory.
+async fn read_outputs(log_path: &Path) -> BTreeMap<String, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut outputs = BTreeMap::new();
+    let Ok(file) = tokio::fs::File::open(log_path).await else { return outputs };
+    let mut lines = tokio::io::BufReader::new(file).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let line = String::from_utf8_lossy(&line);
+        if line.contains("${setValue(") {
+            sluice_params::output_params(&line, &mut outputs);
+        }
+    }
+    outputs
+}
+
 /// The report for a process that ended by itself.
 fn exited(status: ExitStatus) -> Finished {
     if status.success() {
@@ -381,6 +408,7 @@ fn exited(status: ExitStatus) -> Finished {
             outcome: TaskOutcome::Success,
             exit_code: Some(0),
             reason: "exit code 0".into(),
+            ..Finished::default()
         };
     }
     match (status.code(), status.signal()) {
@@ -388,6 +416,7 @@ fn exited(status: ExitStatus) -> Finished {
             outcome: TaskOutcome::Failure,
             exit_code: Some(code),
             reason: format!("exit code {code}"),
+            ..Finished::default()
         },
         (None, Some(signal)) => {
             Finished::failure(format!("killed by signal {}", signal_name(signal)))

@@ -323,6 +323,7 @@ echo "cwd=$(pwd)"
 echo "to stderr" >&2
 echo "back to stdout"
 echo "$dt" > out.txt
+echo 'rows: ${setValue(rows=42)} ${setValue(day=$dt)}' | sed "s/\$dt/$dt/"
 "#,
     );
     t.params.insert("dt".into(), "20260101".into());
@@ -335,7 +336,8 @@ echo "$dt" > out.txt
         TaskFinished {
             outcome: TaskOutcome::Success.into(),
             exit_code: Some(0),
-            reason: "exit code 0".into()
+            reason: "exit code 0".into(),
+            outputs: [("rows".to_string(), "42".to_string()), ("day".to_string(), "20260101".to_string())].into(),
         }
     );
     for event in &events {
@@ -360,7 +362,7 @@ echo "$dt" > out.txt
     assert_eq!(
         std::fs::read_to_string(&log_path).unwrap(),
         format!(
-            "dt=20260101\nids=7/11/1\nnames=demo/etl/t11\ncwd={}\nto stderr\nback to stdout\n",
+            "dt=20260101\nids=7/11/1\nnames=demo/etl/t11\ncwd={}\nto stderr\nback to stdout\nrows: ${{setValue(rows=42)}} ${{setValue(day=20260101)}}\n",
             workdir.display()
         )
     );
@@ -411,7 +413,8 @@ async fn non_zero_exit_fails_with_the_exit_code() {
         TaskFinished {
             outcome: TaskOutcome::Failure.into(),
             exit_code: Some(3),
-            reason: "exit code 3".into()
+            reason: "exit code 3".into(),
+            outputs: Default::default(),
         }
     );
     worker.stop().await.unwrap();
@@ -443,7 +446,8 @@ async fn timeout_fail_kills_the_whole_process_group() {
         TaskFinished {
             outcome: TaskOutcome::Failure.into(),
             exit_code: None,
-            reason: "timed out after 2s".into()
+            reason: "timed out after 2s".into(),
+            outputs: Default::default(),
         }
     );
     let leader = running_of(&events[0]).0 as i32;

@@ -714,6 +714,8 @@ pub struct NewTaskInstance {
     pub priority: Priority,
     pub worker_group: WorkerGroup,
     pub max_retries: u32,
+    /// The instance's run (1, then +1 per rerun/recover) it is created in.
+    pub run: u32,
 }
 
 /// One task of one workflow run. Retries and failovers are further
@@ -743,6 +745,13 @@ pub struct TaskInstance {
     pub start_time: Option<Timestamp>,
     pub end_time: Option<Timestamp>,
     pub updated_at: Timestamp,
+    /// Output parameters the last attempt printed (`${setValue(k=v)}`).
+    pub outputs: Params,
+    /// Why the last attempt ended as it did ("exit code 3", "timed out
+    /// after 2s", "cannot resolve `$[...]`").
+    pub message: Option<String>,
+    /// The instance run the current attempt belongs to.
+    pub run: u32,
 }
 
 impl TaskInstance {
@@ -769,6 +778,9 @@ pub struct TaskUpdate {
     pub log_path: Option<Option<String>>,
     pub start_time: Option<Option<Timestamp>>,
     pub end_time: Option<Option<Timestamp>>,
+    pub outputs: Option<Params>,
+    pub message: Option<Option<String>>,
+    pub run: Option<u32>,
 }
 
 /// A change to a workflow instance, fenced like [`TaskUpdate`].
@@ -899,6 +911,9 @@ mod tests {
             start_time: None,
             end_time: None,
             updated_at: now,
+            outputs: Params::new(),
+            message: None,
+            run: 1,
         };
         assert_eq!(task.retries_used(), 1);
         assert!(task.can_retry());

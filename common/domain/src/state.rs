@@ -219,7 +219,9 @@ impl TaskState {
             // was processed (or be coalesced): finishing from `Dispatched`
             // is legal.
             (S::Dispatched | S::Running, E::Succeed) => S::Success,
-            (S::Dispatched | S::Running, E::Fail) => S::Failure,
+            // `Submitted` fails without running when its parameters cannot
+            // be resolved.
+            (S::Submitted | S::Dispatched | S::Running, E::Fail) => S::Failure,
             (S::Dispatched | S::Running, E::FailWillRetry) => S::RetryWait,
             (S::RetryWait, E::RetryDue) => S::Submitted,
             (S::Submitted | S::Dispatched | S::Running | S::RetryWait | S::NeedFailover, E::Kill) => {
@@ -319,6 +321,7 @@ mod tests {
             (S::Dispatched, E::Start, S::Running),
             (S::Dispatched, E::Succeed, S::Success),
             (S::Running, E::Succeed, S::Success),
+            (S::Submitted, E::Fail, S::Failure),
             (S::Dispatched, E::Fail, S::Failure),
             (S::Running, E::Fail, S::Failure),
             (S::Dispatched, E::FailWillRetry, S::RetryWait),

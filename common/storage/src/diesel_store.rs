@@ -55,6 +55,9 @@ impl PgStore {
         let pool = tokio::task::spawn_blocking(move || -> Result<_> {
             let pool = Pool::builder()
                 .max_size(options.size.max(1))
+                // Grow on demand: idle processes and test sandboxes should
+                // not hold a full pool of server connections each.
+                .min_idle(Some(1))
                 .connection_timeout(options.connect_timeout)
                 .build(ConnectionManager::<PgConnection>::new(&url))?;
             let mut conn = pool.get()?;
@@ -105,6 +108,9 @@ impl SqliteStore {
             }
             let pool = Pool::builder()
                 .max_size(options.size.max(1))
+                // Grow on demand: idle processes and test sandboxes should
+                // not hold a full pool of server connections each.
+                .min_idle(Some(1))
                 .connection_timeout(options.connect_timeout)
                 .connection_customizer(Box::new(SqlitePragmas))
                 .build(ConnectionManager::<SqliteConnection>::new(&path))?;

@@ -423,6 +423,9 @@ pub(crate) struct TaskInstanceRow {
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
     pub updated_at: i64,
+    pub outputs: String,
+    pub message: Option<String>,
+    pub run: i32,
 }
 
 #[derive(Insertable)]
@@ -440,6 +443,7 @@ pub(crate) struct NewTaskInstanceRow {
     pub worker_group: String,
     pub submit_time: i64,
     pub updated_at: i64,
+    pub run: i32,
 }
 
 impl NewTaskInstanceRow {
@@ -457,6 +461,7 @@ impl NewTaskInstanceRow {
             worker_group: n.worker_group.to_string(),
             submit_time: now,
             updated_at: now,
+            run: n.run as i32,
         }
     }
 }
@@ -483,6 +488,9 @@ impl TaskInstanceRow {
             start_time: opt_ms(self.start_time)?,
             end_time: opt_ms(self.end_time)?,
             updated_at: from_ms(self.updated_at)?,
+            outputs: from_json("task_instances.outputs", &self.outputs)?,
+            message: self.message,
+            run: u32_of("task_instances.run", self.run)?,
         })
     }
 }
@@ -501,6 +509,9 @@ pub(crate) struct TaskChangeset {
     pub start_time: Option<Option<i64>>,
     pub end_time: Option<Option<i64>>,
     pub updated_at: i64,
+    pub outputs: Option<String>,
+    pub message: Option<Option<String>>,
+    pub run: Option<i32>,
 }
 
 impl TaskChangeset {
@@ -516,6 +527,9 @@ impl TaskChangeset {
             start_time: u.start_time.map(|t| t.map(ms)),
             end_time: u.end_time.map(|t| t.map(ms)),
             updated_at: now,
+            outputs: u.outputs.as_ref().map(json),
+            message: u.message.clone(),
+            run: u.run.map(|r| r as i32),
         }
     }
 }

@@ -131,6 +131,9 @@ diesel::table! {
         start_time -> Nullable<BigInt>,
         end_time -> Nullable<BigInt>,
         updated_at -> BigInt,
+        outputs -> Text,
+        message -> Nullable<Text>,
+        run -> Integer,
     }
 }
 

@@ -497,6 +497,7 @@ async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn S
                 priority: Priority::Low,
                 worker_group: WorkerGroup::default(),
                 max_retries: 2,
+                run: 1,
             }
         })
         .collect();

@@ -1,0 +1,3 @@
+ALTER TABLE task_instances DROP COLUMN run;
+ALTER TABLE task_instances DROP COLUMN message;
+ALTER TABLE task_instances DROP COLUMN outputs;
