@@ -46,6 +46,8 @@ clientPort=$port
 clientPortAddress=127.0.0.1
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat,mntr
+# Every test session comes from 127.0.0.1: no per-address cap.
+maxClientCnxns=0
 minSessionTimeout=1000
 maxSessionTimeout=60000
 CFG

@@ -187,6 +187,12 @@ impl Sandbox {
     /// Submits a run of `workflow` the way the API does: the instance row
     /// exists before any master picked up the command.
     pub async fn run(&self, workflow: WorkflowId) -> WorkflowInstanceId {
+        self.run_from(workflow, &[], None).await
+    }
+
+    /// A run limited to `start_tasks` with `scope`.
+    pub async fn run_from(&self, workflow: WorkflowId, start_tasks: &[&str], scope: Option<RunScope>) -> WorkflowInstanceId {
+        let start_tasks: Vec<String> = start_tasks.iter().map(|t| t.to_string()).collect();
         let def = self.store.workflow_by_id(workflow, None).await.expect("load").expect("workflow exists");
         let instance = NewWorkflowInstance {
             workflow_id: def.id,
@@ -198,10 +204,12 @@ impl Sandbox {
             failure_strategy: def.failure_strategy,
             schedule_time: None,
             owner: None,
-            start_tasks: Vec::new(),
-            scope: None,
+            start_tasks: start_tasks.clone(),
+            scope,
         };
         let mut command = NewCommand::start(def.id);
+        command.start_tasks = start_tasks;
+        command.scope = scope;
         command.workflow_version = Some(def.version);
         self.store.submit_run(&instance, &command).await.expect("submit run").0
     }
@@ -214,7 +222,8 @@ impl Sandbox {
         self.command(instance, CommandKind::KillTask, vec![task.to_owned()]).await;
     }
 
-    async fn command(&self, instance: WorkflowInstanceId, kind: CommandKind, tasks: Vec<String>) {
+    /// Writes a command of `kind` for `instance` (and `tasks`), as the API does.
+    pub async fn command(&self, instance: WorkflowInstanceId, kind: CommandKind, tasks: Vec<String>) {
         let wi = self.store.workflow_instance(instance).await.expect("load").expect("instance exists");
         let mut command = NewCommand::start(wi.workflow_id);
         command.kind = kind;

@@ -85,11 +85,79 @@ async fn handle(shared: &Arc<Shared>, command: Command) -> Result<(), StoreError
             }
             shared.store.delete_command(command.id).await
         }
+        CommandKind::Pause | CommandKind::ForceSuccess if target_driven(shared, spec) => {
+            let driver = shared.driver(spec.workflow_instance_id.expect("checked")).expect("checked");
+            if spec.kind == CommandKind::Pause {
+                let _ = driver.send(DriverMsg::Pause);
+            } else {
+                for task in &spec.start_tasks {
+                    let _ = driver.send(DriverMsg::ForceSuccess { task: task.clone() });
+                }
+            }
+            shared.store.delete_command(command.id).await
+        }
+        CommandKind::Pause => {
+            tracing::info!(command = %command.id, "pause for an instance that is not running; nothing to pause");
+            shared.store.delete_command(command.id).await
+        }
+        CommandKind::Rerun | CommandKind::RecoverFailure | CommandKind::ForceSuccess | CommandKind::Resume => restart(shared, &command).await,
         other => {
             tracing::error!(command = %command.id, kind = %other, "command kind not supported by this master version; dropped");
             shared.store.delete_command(command.id).await
         }
     }
+}
+
+fn target_driven(shared: &Arc<Shared>, spec: &NewCommand) -> bool {
+    spec.workflow_instance_id.is_some_and(|id| shared.driver(id).is_some())
+}
+
+/// Brings an instance at rest back to life: rerun or recover a finished
+/// one, force a failed task to success so its downstream can run, or resume
+/// a paused one. The instance is adopted (new epoch) with the command
+/// consumed, then driven here.
+async fn restart(shared: &Arc<Shared>, command: &Command) -> Result<(), StoreError> {
+    let spec = &command.spec;
+    let target = spec.workflow_instance_id.ok_or_else(|| StoreError::Conflict(format!("{} needs an instance", spec.kind)))?;
+    let instance = shared.store.adopt_instance_for_command(command.id, target, &shared.addr).await?;
+    let fence = instance.fence();
+    let event = match spec.kind {
+        CommandKind::Resume => WorkflowEvent::Resume,
+        CommandKind::Rerun => WorkflowEvent::Rerun,
+        _ => WorkflowEvent::Recover,
+    };
+    let Ok(next) = instance.state.transition(event) else {
+        tracing::warn!(workflow_instance = %target, state = %instance.state, kind = %spec.kind, "command does not apply to the instance's state; dropped");
+        return Ok(());
+    };
+    if spec.kind == CommandKind::ForceSuccess {
+        let tasks = shared.store.task_instances(target).await?;
+        for name in &spec.start_tasks {
+            match tasks.iter().find(|t| &t.name == name) {
+                Some(task) if task.state.transition(TaskEvent::ForceSuccess).is_ok() => {
+                    let update = TaskUpdate { state: Some(TaskState::ForcedSuccess), ..Default::default() };
+                    shared.store.update_task_instance(fence, task.id, &update).await?;
+                    tracing::info!(workflow_instance = %target, task = %name, "task forced to success");
+                }
+                _ => tracing::warn!(workflow_instance = %target, task = %name, "force-success for a task that has not failed; ignored"),
+            }
+        }
+    }
+    let update = if spec.kind == CommandKind::Resume {
+        WorkflowUpdate { state: Some(next), ..Default::default() }
+    } else {
+        WorkflowUpdate {
+            state: Some(next),
+            command_kind: Some(spec.kind),
+            run: Some(instance.run + 1),
+            start_time: Some(Some(chrono::Utc::now())),
+            end_time: Some(None),
+        }
+    };
+    let instance = shared.store.update_workflow_instance(fence, &update).await?;
+    tracing::info!(workflow_instance = %target, kind = %spec.kind, run = instance.run, "workflow instance restarted");
+    driver::spawn(shared.clone(), instance);
+    Ok(())
 }
 
 /// Starts a run: adopts the instance the API pre-created, or creates one.

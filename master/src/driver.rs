@@ -30,6 +30,10 @@ pub(crate) enum DriverMsg {
     Stop,
     /// Operator: kill one task of the instance.
     KillTask { task: String },
+    /// Operator: let running tasks finish, start nothing new.
+    Pause,
+    /// Operator: a failed or killed task counts as successful from now on.
+    ForceSuccess { task: String },
 }
 
 /// Why a driver gave up its instance.
@@ -97,12 +101,17 @@ struct Driver {
     timezone: sluice_params::Tz,
     selected: BTreeSet<TaskNode>,
     tasks: HashMap<TaskNode, TaskInstance>,
+    /// Task instances of an earlier run that this run (a rerun or a
+    /// recover) runs again: they count as not created until the planner
+    /// reaches them, then start a new attempt.
+    rerun: HashMap<TaskNode, TaskInstance>,
     /// Retry timers of tasks in `RetryWait`.
     retry_at: HashMap<TaskNode, Instant>,
     /// Tasks to kill as soon as a worker reports them running (their queue
     /// entry was already taken when the kill was decided).
     kill_on_start: HashMap<TaskNode, String>,
     stopping: bool,
+    pausing: bool,
 }
 
 fn ms_to_time(ms: i64) -> Timestamp {
@@ -138,6 +147,25 @@ impl Driver {
             }
             tasks.insert(node, task);
         }
+        // A rerun runs every task again; a recover the failed and killed
+        // ones and everything below them. Rows already re-run in this run
+        // (before a failover) are current.
+        let earlier: Vec<TaskNode> = tasks.iter().filter(|(_, t)| t.run < instance.run).map(|(n, _)| *n).collect();
+        let again: BTreeSet<TaskNode> = match instance.command_kind {
+            CommandKind::Rerun => earlier.iter().copied().collect(),
+            CommandKind::RecoverFailure => {
+                let failed: Vec<TaskNode> = earlier.iter().copied().filter(|n| !tasks[n].state.is_success()).collect();
+                dag.descendants(&failed).into_iter().filter(|n| earlier.contains(n)).collect()
+            }
+            _ => BTreeSet::new(),
+        };
+        let mut rerun = HashMap::new();
+        for node in again {
+            if let Some(task) = tasks.remove(&node) {
+                retry_at.remove(&node);
+                rerun.insert(node, task);
+            }
+        }
         let selected: BTreeSet<TaskNode> = if instance.start_tasks.is_empty() {
             (0..dag.len()).collect()
         } else {
@@ -156,9 +184,11 @@ impl Driver {
             dag,
             selected,
             tasks,
+            rerun,
             retry_at,
             kill_on_start: HashMap::new(),
             stopping: false,
+            pausing: false,
         })
     }
 
@@ -173,6 +203,7 @@ impl Driver {
             }
             WorkflowState::NeedFailover => self.set_workflow_state(WorkflowEvent::Adopt, None, None).await?,
             WorkflowState::ReadyStop => self.stopping = true,
+            WorkflowState::ReadyPause => self.pausing = true,
             _ => {}
         }
         // Tasks created but never queued (a crash between the two writes).
@@ -183,6 +214,18 @@ impl Driver {
         self.dispatch_ready().await?;
         let shutdown = self.shared.shutdown.clone();
         loop {
+            if self.pausing && !self.stopping && !self.tasks.values().any(|t| t.state.is_active()) {
+                // Nothing in flight: the run is over, or it rests paused.
+                let states = self.states();
+                let unhalted = RunView { halted: false, ..self.view(&states) };
+                if !unhalted.has_active() && unhalted.ready().is_empty() {
+                    if let Some(outcome) = unhalted.outcome(false) {
+                        return self.finish(outcome).await;
+                    }
+                }
+                self.set_workflow_state(WorkflowEvent::Paused, None, None).await?;
+                return Ok(WorkflowState::Paused);
+            }
             let states = self.states();
             let view = self.view(&states);
             if let Some(outcome) = view.outcome(self.stopping) {
@@ -208,7 +251,7 @@ impl Driver {
             selected: &self.selected,
             states,
             failure_strategy: self.instance.failure_strategy,
-            halted: self.stopping,
+            halted: self.stopping || self.pausing,
         }
     }
 
@@ -220,6 +263,14 @@ impl Driver {
                 result?;
             }
             DriverMsg::Stop => self.stop().await?,
+            DriverMsg::Pause => self.pause().await?,
+            DriverMsg::ForceSuccess { task } => match self.dag.node(&task) {
+                Some(node) if self.tasks.get(&node).is_some_and(|t| matches!(t.state, TaskState::Failure | TaskState::Killed)) => {
+                    tracing::info!(workflow_instance = %self.instance.id, %task, "task forced to success");
+                    self.set_task_state(node, TaskEvent::ForceSuccess, TaskUpdate::default()).await?;
+                }
+                _ => tracing::warn!(workflow_instance = %self.instance.id, %task, "force-success for a task that has not failed; ignored"),
+            },
             DriverMsg::KillTask { task } => {
                 if let Some(node) = self.dag.node(&task) {
                     self.kill(node, "killed by operator".into()).await?;
@@ -293,6 +344,7 @@ impl Driver {
                             let interval = self.task_spec(node).retry_interval;
                             tracing::info!(task_instance = %id, attempt = event.attempt, reason = %finished.reason, retry_in = ?interval, "task failed; will retry");
                             update.retry_at = Some(Some(Utc::now() + chrono::Duration::from_std(interval).unwrap_or_default()));
+                            update.retries = Some(task.retries + 1);
                             self.set_task_state(node, TaskEvent::FailWillRetry, update).await?;
                             self.retry_at.insert(node, Instant::now() + interval);
                         } else {
@@ -326,6 +378,26 @@ impl Driver {
         let mut nodes: Vec<TaskNode> = self.tasks.iter().filter(|(_, t)| !t.state.is_final()).map(|(n, _)| *n).collect();
         nodes.sort_unstable();
         nodes
+    }
+
+    /// Running tasks finish; queued ones go back to `submitted` (taken out
+    /// of the queue), and nothing new starts until a resume.
+    async fn pause(&mut self) -> Result<(), Abort> {
+        if self.pausing || self.stopping || self.instance.state != WorkflowState::Running {
+            return Ok(());
+        }
+        self.pausing = true;
+        tracing::info!(workflow_instance = %self.instance.id, "pausing");
+        self.set_workflow_state(WorkflowEvent::Pause, None, None).await?;
+        let queued: Vec<TaskNode> = self.tasks.iter().filter(|(_, t)| t.state == TaskState::Dispatched).map(|(n, _)| *n).collect();
+        for node in queued {
+            let key = self.queue_key(node).encode();
+            let group = self.task_group(node);
+            if self.shared.registry.queue_remove(group.as_str(), &key).await? {
+                self.set_task_state(node, TaskEvent::Withdraw, TaskUpdate::default()).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), Abort> {
@@ -407,6 +479,32 @@ impl Driver {
     /// Creates the task instances that became ready and queues them.
     async fn dispatch_ready(&mut self) -> Result<(), Abort> {
         let ready = self.view(&self.states()).ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        // Tasks of an earlier run start a new attempt of the same instance.
+        let (again, ready): (Vec<TaskNode>, Vec<TaskNode>) = ready.into_iter().partition(|n| self.rerun.contains_key(n));
+        for node in again {
+            let task = self.rerun.remove(&node).expect("partitioned");
+            let update = TaskUpdate {
+                state: Some(task.state.transition(TaskEvent::Rerun).map_err(|e| Abort::Broken(e.to_string()))?),
+                attempt: Some(task.attempt + 1),
+                run: Some(self.instance.run),
+                retries: Some(0),
+                host: Some(None),
+                exit_code: Some(None),
+                retry_at: Some(None),
+                start_time: Some(None),
+                end_time: Some(None),
+                message: Some(None),
+                outputs: Some(Params::new()),
+                ..Default::default()
+            };
+            let stored = self.shared.store.update_task_instance(self.fence, task.id, &update).await?;
+            tracing::info!(task_instance = %stored.id, attempt = stored.attempt, run = stored.run, "task runs again");
+            self.tasks.insert(node, stored);
+            self.dispatch(node).await?;
+        }
         if ready.is_empty() {
             return Ok(());
         }

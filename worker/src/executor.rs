@@ -524,7 +524,8 @@ mod tests {
             Finished {
                 outcome: TaskOutcome::Failure,
                 exit_code: Some(3),
-                reason: "exit code 3".into()
+                reason: "exit code 3".into(),
+                outputs: BTreeMap::new(),
             }
         );
         assert_eq!(

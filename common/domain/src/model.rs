@@ -195,6 +195,9 @@ wire_enum!(
         RecoverFailover = "recover_failover",
         /// Kill one task instance (named in `start_tasks`) of a running instance.
         KillTask = "kill_task",
+        /// Mark a failed or killed task (named in `start_tasks`) successful so
+        /// that its downstream tasks can run.
+        ForceSuccess = "force_success",
     }
 );
 
@@ -202,7 +205,7 @@ impl CommandKind {
     /// Whether the command creates (or restarts) a workflow instance, as
     /// opposed to acting on one that is running.
     pub fn starts_a_run(self) -> bool {
-        !matches!(self, CommandKind::Pause | CommandKind::Stop | CommandKind::KillTask)
+        !matches!(self, CommandKind::Pause | CommandKind::Stop | CommandKind::KillTask | CommandKind::ForceSuccess)
     }
 }
 
@@ -752,16 +755,14 @@ pub struct TaskInstance {
     pub message: Option<String>,
     /// The instance run the current attempt belongs to.
     pub run: u32,
+    /// Retries used in the current run (failover attempts are not retries;
+    /// a rerun starts again from zero).
+    pub retries: u32,
 }
 
 impl TaskInstance {
-    /// Retries used so far (failover attempts excluded).
-    pub fn retries_used(&self) -> u32 {
-        self.attempt.saturating_sub(1).saturating_sub(self.failovers)
-    }
-
     pub fn can_retry(&self) -> bool {
-        self.retries_used() < self.max_retries
+        self.retries < self.max_retries
     }
 }
 
@@ -781,12 +782,15 @@ pub struct TaskUpdate {
     pub outputs: Option<Params>,
     pub message: Option<Option<String>>,
     pub run: Option<u32>,
+    pub retries: Option<u32>,
 }
 
 /// A change to a workflow instance, fenced like [`TaskUpdate`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowUpdate {
     pub state: Option<WorkflowState>,
+    /// What the instance is doing now (a rerun or recover of a finished one).
+    pub command_kind: Option<CommandKind>,
     pub run: Option<u32>,
     pub start_time: Option<Option<Timestamp>>,
     pub end_time: Option<Option<Timestamp>>,
@@ -914,10 +918,10 @@ mod tests {
             outputs: Params::new(),
             message: None,
             run: 1,
+            retries: 1,
         };
-        assert_eq!(task.retries_used(), 1);
         assert!(task.can_retry());
-        task.attempt = 4;
-        assert!(!task.can_retry());
+        task.retries = 2;
+        assert!(!task.can_retry(), "failover attempts (attempt 3, failovers 1) do not count");
     }
 }

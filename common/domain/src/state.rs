@@ -146,6 +146,8 @@ wire_enum!(
 pub enum TaskEvent {
     /// Put in the queue of its worker group.
     Dispatch,
+    /// Taken back out of the queue before any worker took it (pause).
+    Withdraw,
     /// A worker reports the attempt running.
     Start,
     /// The attempt exited 0.
@@ -177,6 +179,7 @@ impl fmt::Display for TaskEvent {
 impl TaskEvent {
     pub const ALL: &'static [TaskEvent] = &[
         TaskEvent::Dispatch,
+        TaskEvent::Withdraw,
         TaskEvent::Start,
         TaskEvent::Succeed,
         TaskEvent::Fail,
@@ -214,6 +217,7 @@ impl TaskState {
         use TaskState as S;
         let next = match (self, event) {
             (S::Submitted, E::Dispatch) => S::Dispatched,
+            (S::Dispatched, E::Withdraw) => S::Submitted,
             (S::Dispatched, E::Start) => S::Running,
             // A worker's `running` event may arrive after its final event
             // was processed (or be coalesced): finishing from `Dispatched`
@@ -318,6 +322,7 @@ mod tests {
         use TaskState as S;
         let edges = [
             (S::Submitted, E::Dispatch, S::Dispatched),
+            (S::Dispatched, E::Withdraw, S::Submitted),
             (S::Dispatched, E::Start, S::Running),
             (S::Dispatched, E::Succeed, S::Success),
             (S::Running, E::Succeed, S::Success),

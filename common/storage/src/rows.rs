@@ -426,6 +426,7 @@ pub(crate) struct TaskInstanceRow {
     pub outputs: String,
     pub message: Option<String>,
     pub run: i32,
+    pub retries: i32,
 }
 
 #[derive(Insertable)]
@@ -491,6 +492,7 @@ impl TaskInstanceRow {
             outputs: from_json("task_instances.outputs", &self.outputs)?,
             message: self.message,
             run: u32_of("task_instances.run", self.run)?,
+            retries: u32_of("task_instances.retries", self.retries)?,
         })
     }
 }
@@ -512,6 +514,7 @@ pub(crate) struct TaskChangeset {
     pub outputs: Option<String>,
     pub message: Option<Option<String>>,
     pub run: Option<i32>,
+    pub retries: Option<i32>,
 }
 
 impl TaskChangeset {
@@ -530,6 +533,7 @@ impl TaskChangeset {
             outputs: u.outputs.as_ref().map(json),
             message: u.message.clone(),
             run: u.run.map(|r| r as i32),
+            retries: u.retries.map(|r| r as i32),
         }
     }
 }
@@ -539,6 +543,7 @@ impl TaskChangeset {
 #[diesel(table_name = workflow_instances)]
 pub(crate) struct WorkflowChangeset {
     pub state: Option<String>,
+    pub command_kind: Option<String>,
     pub run: Option<i32>,
     pub start_time: Option<Option<i64>>,
     pub end_time: Option<Option<i64>>,
@@ -549,6 +554,7 @@ impl WorkflowChangeset {
     pub fn new(u: &WorkflowUpdate, now: i64) -> Self {
         WorkflowChangeset {
             state: u.state.map(|s| s.to_string()),
+            command_kind: u.command_kind.map(|k| k.to_string()),
             run: u.run.map(|r| r as i32),
             start_time: u.start_time.map(|t| t.map(ms)),
             end_time: u.end_time.map(|t| t.map(ms)),

@@ -134,6 +134,7 @@ diesel::table! {
         outputs -> Text,
         message -> Nullable<Text>,
         run -> Integer,
+        retries -> Integer,
     }
 }
 

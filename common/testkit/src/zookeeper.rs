@@ -182,6 +182,7 @@ fn config(dir: &Path, port: u16) -> String {
          clientPortAddress=127.0.0.1\n\
          admin.enableServer=false\n\
          4lw.commands.whitelist=ruok,srvr,stat,mntr\n\
+         maxClientCnxns=0\n\
          minSessionTimeout=1000\n\
          maxSessionTimeout=60000\n",
         data = data.display()

@@ -1,0 +1,141 @@
+//! Run commands end to end, in both deployments: rerun, recover from
+//! failure, start from tasks (each scope), pause/resume and force-success.
+
+use std::time::Duration;
+
+use sluice_domain::*;
+use sluice_e2e::{shell, workflow, Sandbox};
+
+macro_rules! both_deployments {
+    ($($test:ident),+ $(,)?) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(sluice_e2e::Sandbox::standalone().await).await;
+                }
+            )+
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(sluice_e2e::Sandbox::cluster(2, 2).await).await;
+                }
+            )+
+        }
+    };
+}
+
+both_deployments!(
+    rerun_runs_every_task_again_in_the_same_instance,
+    recover_runs_only_the_failed_tasks_and_what_is_below_them,
+    start_from_tasks_honours_each_scope,
+    pause_lets_running_tasks_finish_and_resume_goes_on,
+    force_success_lets_the_downstream_run,
+);
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn task<'a>(tasks: &'a [TaskInstance], name: &str) -> &'a TaskInstance {
+    tasks.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no task instance `{name}`"))
+}
+
+fn names(tasks: &[TaskInstance]) -> Vec<&str> {
+    let mut n: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    n.sort();
+    n
+}
+
+/// Appends the task's name to `log` when it runs.
+fn logging(name: &str, log: &std::path::Path, deps: &[&str]) -> TaskSpec {
+    shell(name, &format!("echo {name} >> {}", log.display()), deps)
+}
+
+async fn rerun_runs_every_task_again_in_the_same_instance(sandbox: Sandbox) {
+    let log = sandbox.scratch().join("ran");
+    let spec = workflow("rerun", vec![logging("a", &log, &[]), logging("b", &log, &["a"]), logging("c", &log, &["b"])]);
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (first, _) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(first.state, WorkflowState::Success);
+    sandbox.command(id, CommandKind::Rerun, vec![]).await;
+    let (wi, tasks) = sandbox.wait_until(id, MINUTE, "rerun finished", |wi, _| wi.run == 2 && wi.state.is_final()).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(tasks.len(), 3, "same task instances, no new ones");
+    assert!(tasks.iter().all(|t| t.attempt == 2 && t.run == 2 && t.state == TaskState::Success), "{tasks:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "a\nb\nc\na\nb\nc\n", "in order, twice");
+    sandbox.shutdown().await;
+}
+
+async fn recover_runs_only_the_failed_tasks_and_what_is_below_them(sandbox: Sandbox) {
+    let dir = sandbox.scratch();
+    let log = dir.join("ran");
+    let flaky = format!("echo b >> {log}; [ -f {flag} ]", log = log.display(), flag = dir.join("fixed").display());
+    let mut spec = workflow(
+        "recover",
+        vec![logging("a", &log, &[]), shell("b", &flaky, &["a"]), logging("c", &log, &["a"]), logging("d", &log, &["b"])],
+    );
+    spec.failure_strategy = FailureStrategy::Continue;
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure);
+    assert_eq!(names(&tasks), ["a", "b", "c"], "d is below the failure");
+    std::fs::write(dir.join("fixed"), "").unwrap();
+    sandbox.command(id, CommandKind::RecoverFailure, vec![]).await;
+    let (wi, tasks) = sandbox.wait_until(id, MINUTE, "recover finished", |wi, _| wi.run == 2 && wi.state.is_final()).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!((task(&tasks, "a").attempt, task(&tasks, "a").run), (1, 1), "a succeeded and is kept");
+    assert_eq!((task(&tasks, "c").attempt, task(&tasks, "c").run), (1, 1), "c succeeded and is kept");
+    assert_eq!((task(&tasks, "b").attempt, task(&tasks, "b").run, task(&tasks, "b").state), (2, 2, TaskState::Success));
+    assert_eq!((task(&tasks, "d").attempt, task(&tasks, "d").run, task(&tasks, "d").state), (1, 2, TaskState::Success));
+    let ran = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(ran.lines().filter(|l| *l == "a").count(), 1);
+    assert_eq!(ran.lines().filter(|l| *l == "b").count(), 2);
+    sandbox.shutdown().await;
+}
+
+async fn start_from_tasks_honours_each_scope(sandbox: Sandbox) {
+    let spec = workflow(
+        "scopes",
+        vec![shell("a", "true", &[]), shell("b", "true", &["a"]), shell("c", "true", &["a"]), shell("d", "true", &["b", "c"])],
+    );
+    let workflow_id = sandbox.apply(&spec).await;
+    for (scope, expected) in [(RunScope::Only, vec!["b"]), (RunScope::Upstream, vec!["a", "b"]), (RunScope::Downstream, vec!["b", "d"])] {
+        let id = sandbox.run_from(workflow_id, &["b"], Some(scope)).await;
+        let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+        assert_eq!(wi.state, WorkflowState::Success, "[{}] {scope}: {tasks:?}", sandbox.name());
+        assert_eq!(names(&tasks), expected, "[{}] scope {scope}", sandbox.name());
+        assert_eq!((wi.start_tasks.clone(), wi.scope), (vec!["b".to_string()], Some(scope)));
+    }
+    sandbox.shutdown().await;
+}
+
+async fn pause_lets_running_tasks_finish_and_resume_goes_on(sandbox: Sandbox) {
+    let spec = workflow("pause", vec![shell("one", "sleep 1.5", &[]), shell("two", "true", &["one"])]);
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    sandbox.wait_until(id, MINUTE, "one running", |_, t| t.iter().any(|t| t.name == "one" && t.state == TaskState::Running)).await;
+    sandbox.command(id, CommandKind::Pause, vec![]).await;
+    let (wi, tasks) = sandbox.wait_until(id, MINUTE, "paused", |wi, _| wi.state == WorkflowState::Paused).await;
+    assert_eq!(task(&tasks, "one").state, TaskState::Success, "the running task finished");
+    assert_eq!(names(&tasks), ["one"], "[{}] nothing new started while pausing", sandbox.name());
+    assert!(wi.end_time.is_none());
+    sandbox.command(id, CommandKind::Resume, vec![]).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(names(&tasks), ["one", "two"]);
+    sandbox.shutdown().await;
+}
+
+async fn force_success_lets_the_downstream_run(sandbox: Sandbox) {
+    let spec = workflow("force", vec![shell("broken", "exit 4", &[]), shell("after", "true", &["broken"])]);
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (wi, _) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Failure);
+    sandbox.command(id, CommandKind::ForceSuccess, vec!["broken".into()]).await;
+    let (wi, tasks) = sandbox.wait_until(id, MINUTE, "after ran", |wi, _| wi.run == 2 && wi.state.is_final()).await;
+    assert_eq!(wi.state, WorkflowState::Success, "[{}] {tasks:?}", sandbox.name());
+    let broken = task(&tasks, "broken");
+    assert_eq!((broken.state, broken.attempt, broken.exit_code), (TaskState::ForcedSuccess, 1, Some(4)), "not run again");
+    assert_eq!(task(&tasks, "after").state, TaskState::Success);
+    sandbox.shutdown().await;
+}
