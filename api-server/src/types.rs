@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sluice_domain::{Params, ProjectId};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// Every error has this shape: `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -14,8 +14,10 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid_input`, `not_found`, `conflict`,
-    /// `unsupported_media_type`, `unavailable`, `internal`.
+    /// Stable, machine-readable: `invalid_input` (400), `not_found` (404),
+    /// `method_not_allowed` (405), `conflict` (409), `payload_too_large`
+    /// (413), `unsupported_media_type` (415), `internal` (500),
+    /// `unavailable` (503: the database does not answer; try again).
     pub code: String,
     /// For people: what was wrong, with which input.
     pub message: String,
@@ -37,6 +39,7 @@ pub struct CreateProject {
     #[serde(default)]
     pub description: String,
     #[serde(default)]
+    #[schema(inline)]
     pub params: Params,
 }
 
@@ -46,6 +49,7 @@ pub struct ProjectView {
     pub id: ProjectId,
     pub name: String,
     pub description: String,
+    #[schema(inline)]
     pub params: Params,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -94,6 +98,7 @@ pub struct WorkflowVersionView {
 pub struct RunRequest {
     /// Run-time parameters; they override the workflow's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
     pub params: Option<Params>,
     /// `highest` | `high` | `medium` | `low` | `lowest`
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +165,7 @@ pub struct WorkflowInstanceView {
     /// `stopped` | `success` | `failure` | `need_failover`
     pub state: String,
     pub command: String,
+    #[schema(inline)]
     pub params: Params,
     pub priority: String,
     pub worker_group: String,
@@ -193,4 +199,97 @@ pub struct InstancePage {
 pub struct RequestAccepted {
     pub workflow_instance_id: i64,
     pub command_id: i64,
+}
+
+/// Query of `GET /projects/{project}/workflows`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkflowSearch {
+    /// Matches (case-insensitively) part of a workflow's name, its
+    /// description or one of its task names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+}
+
+/// Query of `GET /projects/{project}/workflows/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkflowVersionQuery {
+    /// A stored version (1, 2, …); the latest when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>)]
+    pub version: Option<String>,
+}
+
+/// Query of `GET /workflow-instances`. Values travel as text and are
+/// checked by the server, which names the parameter of a bad value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InstanceQuery {
+    /// Project name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Workflow name (needs `project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// A workflow-instance state, e.g. `running`, `failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The workflow document `PUT …/workflows/{name}` takes, as YAML or JSON
+/// (documentation of its shape: the server reads it with `sluice_spec`,
+/// which reports a mistake at its path, e.g. `tasks[1].retires`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowDocumentSchema {
+    /// Must match the URL when present.
+    pub project: Option<String>,
+    /// Must match the URL when present.
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Global parameters, overridable per run.
+    #[schema(inline)]
+    pub params: Option<Params>,
+    /// `end` | `continue`
+    pub failure_strategy: Option<String>,
+    /// `highest` | `high` | `medium` | `low` | `lowest`
+    pub priority: Option<String>,
+    pub worker_group: Option<String>,
+    pub tasks: Vec<TaskDocumentSchema>,
+}
+
+/// One task of a [`WorkflowDocumentSchema`]. Type-specific keys (`script`
+/// for `shell` and `python`) sit beside these.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskDocumentSchema {
+    pub name: String,
+    /// `shell` | `python`
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub description: Option<String>,
+    /// Names of the tasks this one runs after.
+    pub deps: Option<Vec<String>>,
+    #[schema(inline)]
+    pub params: Option<Params>,
+    pub retries: Option<u32>,
+    /// A duration: `500ms`, `30s`, `10m`, `1h`.
+    pub retry_interval: Option<String>,
+    /// A duration: `500ms`, `30s`, `10m`, `1h`.
+    pub timeout: Option<String>,
+    /// `warn` | `fail` | `warn_fail`
+    pub timeout_strategy: Option<String>,
+    pub priority: Option<String>,
+    pub worker_group: Option<String>,
+    /// The command (`shell`) or program (`python`).
+    pub script: Option<String>,
 }

@@ -1,5 +1,10 @@
-//! `sluice`: one binary for every role. It parses the command line and the
-//! configuration, builds the roles, and runs them until SIGINT/SIGTERM.
+//! `sluice`: one binary for every role, and the command-line client. For a
+//! role it parses the command line and the configuration, builds the roles,
+//! and runs them until SIGINT/SIGTERM; client commands (`apply`, `run`, ...)
+//! live in [`cli`] and talk to the REST API.
+
+mod cli;
+mod example;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +29,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Role(RoleCommand),
+    #[command(flatten)]
+    Client(Box<cli::ClientCommand>),
+}
+
+/// The server roles: each runs until SIGINT/SIGTERM.
+#[derive(Subcommand)]
+enum RoleCommand {
     /// Run a master: claims commands, drives workflow instances.
     Master,
     /// Run a worker: takes ready tasks from its groups' queues and runs them.
@@ -34,11 +48,20 @@ enum Command {
     Alert,
     /// Run master, worker and API in one process on SQLite and the embedded
     /// registry: the one-command way to try Sluice.
-    Standalone,
+    Standalone {
+        /// Do not add the example workflow `demo/daily_etl` on start-up.
+        #[arg(long)]
+        no_example: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client needs no server configuration: only where the API is.
+    let role = match cli.command {
+        Command::Client(client) => return cli::main(*client),
+        Command::Role(role) => role,
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -48,7 +71,7 @@ fn main() -> ExitCode {
     };
     init_tracing(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(role, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -91,30 +114,33 @@ async fn connect_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> 
     }
 }
 
-async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+async fn run(role: RoleCommand, mut config: Config) -> anyhow::Result<()> {
     let mut registry = None;
-    let roles: Vec<Box<dyn Role>> = match command {
-        Command::Master => {
+    let roles: Vec<Box<dyn Role>> = match role {
+        RoleCommand::Master => {
             let store = open_store(&config).await?;
             let registry = registry.insert(connect_registry(&config).await?).clone();
             vec![Box::new(sluice_master::Master::new(config.master.clone(), store, registry))]
         }
-        Command::Worker => {
+        RoleCommand::Worker => {
             let registry = registry.insert(connect_registry(&config).await?).clone();
             vec![Box::new(sluice_worker::Worker::new(config.worker.clone(), registry))]
         }
-        Command::Api => {
+        RoleCommand::Api => {
             let store = open_store(&config).await?;
             vec![Box::new(sluice_api::ApiServer::new(config.api.listen, store))]
         }
-        Command::Alert => {
+        RoleCommand::Alert => {
             anyhow::bail!("the alert server is not available in this version of sluice yet");
         }
-        Command::Standalone => {
+        RoleCommand::Standalone { no_example } => {
             // One process: the in-process registry is the only one that
             // makes sense, whatever the file says.
             config.registry.kind = RegistryKind::Embedded;
             let store = open_store(&config).await?;
+            if !no_example {
+                example::install(store.as_ref()).await.context("adding the example workflow")?;
+            }
             let registry = registry.insert(connect_registry(&config).await?).clone();
             vec![
                 Box::new(sluice_master::Master::new(config.master.clone(), store.clone(), registry.clone())),

@@ -1,0 +1,350 @@
+//! The one place where wire types ([`crate::types`]) and domain types meet:
+//! domain → view for responses, request → domain (validated, with the
+//! offending field named) for inputs.
+
+use std::str::FromStr;
+
+use sluice_domain::*;
+use sluice_storage::{SavedWorkflow, WorkflowVersionInfo};
+
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::types::*;
+
+// ---------------------------------------------------------------------------
+// Domain → wire
+
+impl From<Project> for ProjectView {
+    fn from(p: Project) -> Self {
+        ProjectView {
+            id: p.id,
+            name: p.name,
+            description: p.description,
+            params: p.params,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+impl From<WorkflowSummary> for WorkflowSummaryView {
+    fn from(w: WorkflowSummary) -> Self {
+        WorkflowSummaryView {
+            name: w.name,
+            description: w.description,
+            version: w.version,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+impl From<WorkflowVersionInfo> for WorkflowVersionView {
+    fn from(v: WorkflowVersionInfo) -> Self {
+        WorkflowVersionView { version: v.version, description: v.description, created_at: v.created_at }
+    }
+}
+
+pub fn saved_workflow_view(name: &str, saved: &SavedWorkflow) -> SavedWorkflowView {
+    SavedWorkflowView { name: name.to_owned(), version: saved.version, created: saved.created }
+}
+
+/// A stored version as the document users write (`sluice apply` reads it back).
+pub fn workflow_view(def: &WorkflowDefinition) -> WorkflowView {
+    WorkflowView {
+        project: def.project.clone(),
+        name: def.name.clone(),
+        version: def.version,
+        created_at: def.created_at,
+        document: sluice_spec::to_value(&def.project, &def.spec()),
+    }
+}
+
+impl From<TaskInstance> for TaskInstanceView {
+    fn from(t: TaskInstance) -> Self {
+        TaskInstanceView {
+            id: t.id.get(),
+            workflow_instance_id: t.workflow_instance_id.get(),
+            name: t.name,
+            task_type: t.task_type.0,
+            state: t.state.to_string(),
+            attempt: t.attempt,
+            max_retries: t.max_retries,
+            failovers: t.failovers,
+            priority: t.priority.to_string(),
+            worker_group: t.worker_group.to_string(),
+            host: t.host,
+            exit_code: t.exit_code,
+            submit_time: t.submit_time,
+            start_time: t.start_time,
+            end_time: t.end_time,
+        }
+    }
+}
+
+/// `tasks` is `Some` for the single-instance view, `None` in listings.
+pub fn workflow_instance_view(wi: WorkflowInstance, project: &str, tasks: Option<Vec<TaskInstance>>) -> WorkflowInstanceView {
+    WorkflowInstanceView {
+        id: wi.id.get(),
+        project: project.to_owned(),
+        workflow: wi.workflow_name,
+        workflow_version: wi.workflow_version,
+        state: wi.state.to_string(),
+        command: wi.command_kind.to_string(),
+        params: wi.params,
+        priority: wi.priority.to_string(),
+        worker_group: wi.worker_group.to_string(),
+        failure_strategy: wi.failure_strategy.to_string(),
+        schedule_time: wi.schedule_time,
+        owner: wi.owner,
+        run: wi.run,
+        start_tasks: wi.start_tasks,
+        scope: wi.scope.map(|s| s.to_string()),
+        start_time: wi.start_time,
+        end_time: wi.end_time,
+        created_at: wi.created_at,
+        updated_at: wi.updated_at,
+        tasks: tasks.map(|ts| ts.into_iter().map(TaskInstanceView::from).collect()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Wire → domain
+
+fn parse_field<T>(field: &str, raw: Option<String>) -> ApiResult<Option<T>>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.map(|raw| raw.parse::<T>().map_err(|e| ApiError::invalid(field, e.to_string()))).transpose()
+}
+
+/// Checks a name from the URL or a body field the way definitions check them.
+pub fn checked_name(kind: &'static str, field: &str, name: &str) -> ApiResult<()> {
+    validate_name(kind, name).map_err(|e| ApiError::invalid(field, e.to_string()))
+}
+
+pub fn version(query: WorkflowVersionQuery) -> ApiResult<Option<u32>> {
+    query
+        .version
+        .map(|raw| match raw.trim().parse::<u32>() {
+            Ok(v) if v >= 1 => Ok(v),
+            _ => Err(ApiError::invalid("version", format!("expected a version number (1 or more), got `{raw}`"))),
+        })
+        .transpose()
+}
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 1000;
+
+/// `GET /workflow-instances`, checked; names still to be resolved to ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceListing {
+    pub project: Option<String>,
+    pub workflow: Option<String>,
+    pub state: Option<WorkflowState>,
+    pub limit: u32,
+    pub before: Option<WorkflowInstanceId>,
+}
+
+pub fn instance_listing(query: InstanceQuery) -> ApiResult<InstanceListing> {
+    if query.workflow.is_some() && query.project.is_none() {
+        return Err(ApiError::invalid("workflow", "filtering by workflow needs `project` too: workflow names are per project"));
+    }
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(raw) => match raw.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit", format!("expected a page size from 1 to {MAX_PAGE}, got `{raw}`"))),
+        },
+    };
+    let before = match query.cursor {
+        None => None,
+        Some(raw) => match raw.trim().parse::<i64>() {
+            Ok(id) if id > 0 => Some(WorkflowInstanceId(id)),
+            _ => return Err(ApiError::invalid("cursor", format!("not a cursor this server handed out: `{raw}`"))),
+        },
+    };
+    Ok(InstanceListing {
+        project: query.project,
+        workflow: query.workflow,
+        state: parse_field::<WorkflowState>("state", query.state)?,
+        limit,
+        before,
+    })
+}
+
+/// What a run request turns into: the instance and its start command (to
+/// be written together), and the tasks it includes in run order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPlan {
+    pub instance: NewWorkflowInstance,
+    pub command: NewCommand,
+    pub tasks: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Checks every field of `request` against the workflow version `def` and
+/// builds the run; nothing is written here, so a mistake leaves nothing.
+pub fn plan_run(def: &WorkflowDefinition, request: RunRequest) -> ApiResult<RunPlan> {
+    let priority = parse_field::<Priority>("priority", request.priority)?;
+    let failure_strategy = parse_field::<FailureStrategy>("failure_strategy", request.failure_strategy)?;
+    let worker_group = parse_field::<WorkerGroup>("worker_group", request.worker_group)?;
+    let scope = parse_field::<RunScope>("scope", request.scope)?;
+    let params = request.params.unwrap_or_default();
+    if let Some(key) = params.keys().find(|k| k.trim().is_empty()) {
+        return Err(ApiError::invalid("params", format!("parameter names must not be empty, got `{key}`")));
+    }
+    let mut start_tasks: Vec<String> = Vec::new();
+    for (i, name) in request.start_tasks.unwrap_or_default().into_iter().enumerate() {
+        if def.task(&name).is_none() {
+            let known: Vec<&str> = def.tasks.iter().map(|t| t.spec.name.as_str()).collect();
+            return Err(ApiError::invalid(
+                format!("start_tasks[{i}]"),
+                format!("workflow `{}` version {} has no task `{name}`; its tasks: {}", def.name, def.version, known.join(", ")),
+            ));
+        }
+        if !start_tasks.contains(&name) {
+            start_tasks.push(name);
+        }
+    }
+    if scope.is_some() && start_tasks.is_empty() {
+        return Err(ApiError::invalid("scope", "a scope needs `start_tasks`, the tasks it is taken from"));
+    }
+    let scope = (!start_tasks.is_empty()).then(|| scope.unwrap_or(RunScope::Only));
+
+    let dag = def.spec().validate().map_err(|e| {
+        tracing::error!(workflow = %def.id, version = def.version, error = %e, "stored workflow does not form a DAG");
+        ApiError::new(ErrorCode::Internal, format!("stored workflow `{}` version {} is broken: {e}", def.name, def.version))
+    })?;
+    let selected = match scope {
+        None => (0..dag.len()).collect(),
+        Some(scope) => {
+            let start: Vec<&str> = start_tasks.iter().map(String::as_str).collect();
+            dag.select(&start, scope).map_err(|e| ApiError::invalid("start_tasks", e.to_string()))?
+        }
+    };
+    let tasks = dag.topological_order().iter().filter(|n| selected.contains(n)).map(|&n| dag.name(n).to_owned()).collect();
+
+    let priority = priority.unwrap_or(def.priority);
+    let worker_group = worker_group.unwrap_or_else(|| def.worker_group.clone());
+    let failure_strategy = failure_strategy.unwrap_or(def.failure_strategy);
+    let instance = NewWorkflowInstance {
+        workflow_id: def.id,
+        workflow_version: def.version,
+        command_kind: CommandKind::Start,
+        params: params.clone(),
+        priority,
+        worker_group: worker_group.clone(),
+        failure_strategy,
+        schedule_time: None,
+        owner: None,
+        start_tasks: start_tasks.clone(),
+        scope,
+    };
+    let command = NewCommand {
+        workflow_version: Some(def.version),
+        params,
+        priority: Some(priority),
+        worker_group: Some(worker_group),
+        failure_strategy: Some(failure_strategy),
+        start_tasks,
+        scope,
+        ..NewCommand::start(def.id)
+    };
+    Ok(RunPlan { instance, command, tasks, dry_run: request.dry_run.unwrap_or(false) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn diamond() -> WorkflowDefinition {
+        let task = |name: &str, deps: &[&str]| {
+            let mut spec = TaskSpec::new(name, "shell");
+            spec.body.insert("script".into(), "true".into());
+            spec.deps = deps.iter().map(|d| d.to_string()).collect();
+            TaskDefinition { id: TaskDefinitionId(1), version: 1, spec, created_at: Utc::now() }
+        };
+        WorkflowDefinition {
+            id: WorkflowId(7),
+            project_id: ProjectId(1),
+            project: "p".into(),
+            version: 2,
+            name: "diamond".into(),
+            description: String::new(),
+            params: Params::new(),
+            failure_strategy: FailureStrategy::End,
+            priority: Priority::Low,
+            worker_group: WorkerGroup::default(),
+            tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
+            created_at: Utc::now(),
+        }
+    }
+
+    fn error(request: RunRequest) -> (Option<String>, String) {
+        let e = plan_run(&diamond(), request).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidInput);
+        (e.field, e.message)
+    }
+
+    #[test]
+    fn a_plain_run_takes_the_definition_defaults() {
+        let plan = plan_run(&diamond(), RunRequest::default()).unwrap();
+        assert_eq!(plan.tasks.first().map(String::as_str), Some("a"));
+        assert_eq!(plan.tasks.len(), 4);
+        assert_eq!((plan.instance.priority, plan.instance.workflow_version, plan.instance.scope), (Priority::Low, 2, None));
+        assert_eq!(plan.command.workflow_version, Some(2));
+        assert!(!plan.dry_run);
+    }
+
+    #[test]
+    fn start_tasks_with_scope_select_the_run() {
+        let request = RunRequest { start_tasks: Some(vec!["b".into()]), scope: Some("downstream".into()), ..Default::default() };
+        let plan = plan_run(&diamond(), request).unwrap();
+        assert_eq!(plan.tasks, ["b", "d"]);
+        assert_eq!((plan.instance.start_tasks.clone(), plan.instance.scope), (vec!["b".to_string()], Some(RunScope::Downstream)));
+        assert_eq!(plan.command.start_tasks, ["b"]);
+        let only = plan_run(&diamond(), RunRequest { start_tasks: Some(vec!["c".into(), "c".into()]), ..Default::default() }).unwrap();
+        assert_eq!((only.tasks, only.instance.scope), (vec!["c".to_string()], Some(RunScope::Only)));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let (field, message) = error(RunRequest { start_tasks: Some(vec!["a".into(), "zz".into()]), ..Default::default() });
+        assert_eq!(field.as_deref(), Some("start_tasks[1]"));
+        assert!(message.contains("no task `zz`"), "{message}");
+        assert_eq!(error(RunRequest { priority: Some("urgent".into()), ..Default::default() }).0.as_deref(), Some("priority"));
+        assert_eq!(
+            error(RunRequest { failure_strategy: Some("stop".into()), ..Default::default() }).0.as_deref(),
+            Some("failure_strategy")
+        );
+        assert_eq!(error(RunRequest { worker_group: Some("gpu pool".into()), ..Default::default() }).0.as_deref(), Some("worker_group"));
+        assert_eq!(error(RunRequest { scope: Some("sideways".into()), ..Default::default() }).0.as_deref(), Some("scope"));
+        assert_eq!(error(RunRequest { scope: Some("only".into()), ..Default::default() }).0.as_deref(), Some("scope"));
+    }
+
+    #[test]
+    fn listing_queries_are_checked() {
+        let ok = instance_listing(InstanceQuery {
+            state: Some("running".into()),
+            limit: Some("2".into()),
+            cursor: Some("9".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((ok.state, ok.limit, ok.before), (Some(WorkflowState::Running), 2, Some(WorkflowInstanceId(9))));
+        assert_eq!(instance_listing(InstanceQuery::default()).unwrap().limit, DEFAULT_PAGE);
+        for (query, field) in [
+            (InstanceQuery { state: Some("sleeping".into()), ..Default::default() }, "state"),
+            (InstanceQuery { limit: Some("0".into()), ..Default::default() }, "limit"),
+            (InstanceQuery { limit: Some("1001".into()), ..Default::default() }, "limit"),
+            (InstanceQuery { cursor: Some("abc".into()), ..Default::default() }, "cursor"),
+            (InstanceQuery { workflow: Some("w".into()), ..Default::default() }, "workflow"),
+        ] {
+            assert_eq!(instance_listing(query).unwrap_err().field.as_deref(), Some(field));
+        }
+        assert_eq!(version(WorkflowVersionQuery { version: Some("0".into()) }).unwrap_err().field.as_deref(), Some("version"));
+        assert_eq!(version(WorkflowVersionQuery { version: Some("3".into()) }).unwrap(), Some(3));
+    }
+}
