@@ -76,6 +76,9 @@ impl Client {
             .map_err(|_| ClientError::BadServer(server.to_owned()))?
             .pop_if_empty()
             .extend(["api", "v1"]);
+        // reqwest is built without a TLS crypto provider; use ring (once
+        // per process; a second install is refused harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
