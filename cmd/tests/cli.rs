@@ -116,7 +116,7 @@ impl Deployment {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/api/v1/health", self.url());
         loop {
-            if let Ok(response) = reqwest::get(&url).await {
+            if let Ok(response) = sluice_e2e::http_client().get(&url).send().await {
                 if response.status().is_success() {
                     return;
                 }
@@ -148,11 +148,11 @@ impl Deployment {
     /// The HTTP status of `GET /api/v1{path}`: to check what was stored
     /// without going through the CLI under test.
     async fn get_status(&self, path: &str) -> u16 {
-        reqwest::get(format!("{}/api/v1{path}", self.url())).await.unwrap().status().as_u16()
+        sluice_e2e::http_client().get(format!("{}/api/v1{path}", self.url())).send().await.unwrap().status().as_u16()
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let response = reqwest::get(format!("{}/api/v1{path}", self.url())).await.unwrap();
+        let response = sluice_e2e::http_client().get(format!("{}/api/v1{path}", self.url())).send().await.unwrap();
         assert!(response.status().is_success(), "GET {path}: {}", response.status());
         response.json().await.unwrap()
     }
@@ -522,7 +522,7 @@ async fn a_task_can_be_killed_and_an_instance_stopped(deployment: &Deployment) {
 
 /// The API's own message for a request, to compare with what the CLI printed.
 async fn api_message(deployment: &Deployment, method: reqwest::Method, path: &str) -> String {
-    let response = reqwest::Client::new()
+    let response = sluice_e2e::http_client()
         .request(method, format!("{}/api/v1{path}", deployment.url()))
         .json(&serde_json::json!({}))
         .send()

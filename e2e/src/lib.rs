@@ -289,6 +289,13 @@ impl Sandbox {
     }
 }
 
+/// An HTTP client for tests. reqwest is built without a TLS provider (the
+/// workspace uses ring, installed here, instead of aws-lc).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A shell task with `script`.
 pub fn shell(name: &str, script: &str, deps: &[&str]) -> TaskSpec {
     let mut task = TaskSpec::new(name, "shell");

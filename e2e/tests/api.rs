@@ -88,7 +88,7 @@ struct Api {
 
 impl Api {
     fn new(sandbox: &Sandbox) -> Api {
-        Api { base: format!("{}/api/v1", sandbox.api_url()), http: reqwest::Client::new() }
+        Api { base: format!("{}/api/v1", sandbox.api_url()), http: sluice_e2e::http_client() }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
