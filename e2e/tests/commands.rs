@@ -33,6 +33,7 @@ both_deployments!(
     start_from_tasks_honours_each_scope,
     pause_lets_running_tasks_finish_and_resume_goes_on,
     force_success_lets_the_downstream_run,
+    backfill_runs_one_instance_per_day_with_its_business_date,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -137,5 +138,60 @@ async fn force_success_lets_the_downstream_run(sandbox: Sandbox) {
     let broken = task(&tasks, "broken");
     assert_eq!((broken.state, broken.attempt, broken.exit_code), (TaskState::ForcedSuccess, 1, Some(4)), "not run again");
     assert_eq!(task(&tasks, "after").state, TaskState::Success);
+    sandbox.shutdown().await;
+}
+
+async fn backfill_runs_one_instance_per_day_with_its_business_date(sandbox: Sandbox) {
+    use chrono::TimeZone;
+    let dir = sandbox.scratch();
+    let script = format!("echo \"$SLUICE_WORKFLOW_INSTANCE_ID ${{system.biz.date}}\" >> {}/dates; sleep 0.3", dir.display());
+    let workflow_id = sandbox.apply(&workflow("daily", vec![shell("load", &script, &[])])).await;
+    let days: Vec<chrono::DateTime<chrono::Utc>> = (1..=10).map(|d| chrono::Utc.with_ymd_and_hms(2026, 3, d, 0, 0, 0).unwrap()).collect();
+    for parallelism in [1, 3] {
+        std::fs::remove_file(dir.join("dates")).ok();
+        let backfill = sandbox
+            .store()
+            .create_backfill(&NewBackfill { workflow_id, workflow_version: 1, schedule_times: days.clone(), parallelism, params: Params::new() })
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let runs = loop {
+            let b = sandbox.store().backfill(backfill.id).await.unwrap().unwrap();
+            if b.state == BackfillState::Done {
+                break sandbox
+                    .store()
+                    .list_workflow_instances(&InstanceFilter { backfill_id: Some(backfill.id), limit: 100, ..Default::default() })
+                    .await
+                    .unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "[{}] backfill not done: {b:?}", sandbox.name());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(runs.len(), 10, "[{}] one instance per day", sandbox.name());
+        assert!(runs.iter().all(|r| r.state == WorkflowState::Success), "[{}] {runs:?}", sandbox.name());
+        // Each run printed the business date of its own schedule time: the day before.
+        let printed = std::fs::read_to_string(dir.join("dates")).unwrap();
+        for run in &runs {
+            let want = (run.schedule_time.unwrap() - chrono::Duration::days(1)).format("%Y%m%d").to_string();
+            assert!(printed.lines().any(|l| l == format!("{} {want}", run.id)), "[{}] run {} did not print {want}:\n{printed}", sandbox.name(), run.id);
+        }
+        let mut times: Vec<_> = runs.iter().map(|r| r.schedule_time.unwrap()).collect();
+        times.sort();
+        assert_eq!(times, days);
+        // Concurrency: never more than the parallelism.
+        let spans: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = runs.iter().map(|r| (r.start_time.unwrap(), r.end_time.unwrap())).collect();
+        let max_overlap = spans.iter().map(|(s, _)| spans.iter().filter(|(s2, e2)| s2 <= s && s < e2).count()).max().unwrap();
+        assert!(max_overlap <= parallelism as usize, "[{}] {max_overlap} runs at once with parallelism {parallelism}", sandbox.name());
+        if parallelism > 1 {
+            assert!(max_overlap > 1, "[{}] parallel backfill ran one at a time", sandbox.name());
+        }
+        if parallelism == 1 {
+            let mut by_time = runs.clone();
+            by_time.sort_by_key(|r| r.schedule_time);
+            for pair in by_time.windows(2) {
+                assert!(pair[0].end_time.unwrap() <= pair[1].start_time.unwrap(), "[{}] serial runs overlapped", sandbox.name());
+            }
+        }
+    }
     sandbox.shutdown().await;
 }

@@ -49,6 +49,13 @@ async fn scan(shared: &Arc<Shared>) -> Result<(), String> {
     let Some(guard) = shared.registry.try_lock(&lock, Duration::from_secs(1)).await.map_err(|e| e.to_string())? else {
         return Ok(()); // another master is scanning
     };
+    // Backfills turn into start commands here, under the same lock, so that
+    // their runs are claimed like any other.
+    match shared.store.advance_backfills().await {
+        Ok(created) if !created.is_empty() => tracing::info!(runs = created.len(), "backfill runs created"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot advance backfills"),
+    }
     let claimed = shared.store.claim_commands(&shared.addr, shared.config.command_batch).await;
     guard.release().await;
     for command in claimed.map_err(|e| e.to_string())? {

@@ -68,6 +68,10 @@ id_type!(
     WorkflowInstanceId
 );
 id_type!(
+    /// A backfill: runs of one workflow over a list of schedule times.
+    BackfillId
+);
+id_type!(
     /// One task of one workflow run; retries are attempts of the same instance.
     TaskInstanceId
 );

@@ -695,6 +695,7 @@ pub struct WorkflowInstance {
     /// The tasks this run is limited to (with `scope`); empty: all tasks.
     pub start_tasks: Vec<String>,
     pub scope: Option<RunScope>,
+    pub backfill_id: Option<BackfillId>,
     pub start_time: Option<Timestamp>,
     pub end_time: Option<Timestamp>,
     pub created_at: Timestamp,
@@ -796,11 +797,46 @@ pub struct WorkflowUpdate {
     pub end_time: Option<Option<Timestamp>>,
 }
 
+wire_enum!(
+    /// States of a backfill.
+    BackfillState {
+        /// Runs are being created as earlier ones finish.
+        Running = "running",
+        /// Every run was created and has finished.
+        Done = "done",
+        /// Stopped by an operator: no new runs, running ones stopped.
+        Stopped = "stopped",
+    }
+);
+
+/// What an operator asks for: runs of a workflow version for each schedule
+/// time, in order, at most `parallelism` at once (1: serial).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewBackfill {
+    pub workflow_id: WorkflowId,
+    pub workflow_version: u32,
+    pub schedule_times: Vec<Timestamp>,
+    pub parallelism: u32,
+    pub params: Params,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub id: BackfillId,
+    pub spec: NewBackfill,
+    /// How many runs have been created (the index of the next schedule time).
+    pub created_runs: u32,
+    pub state: BackfillState,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 /// Filters for listing workflow instances, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceFilter {
     pub project_id: Option<ProjectId>,
     pub workflow_id: Option<WorkflowId>,
+    pub backfill_id: Option<BackfillId>,
     pub state: Option<WorkflowState>,
     /// Only instances with an id below this (keyset pagination).
     pub before: Option<WorkflowInstanceId>,

@@ -836,6 +836,9 @@ macro_rules! store_impl {
                     if let Some(b) = filter.before {
                         q = q.filter(workflow_instances::id.lt(b.get()));
                     }
+                    if let Some(b) = filter.backfill_id {
+                        q = q.filter(workflow_instances::backfill_id.eq(b.get()));
+                    }
                     q.load(c)?.into_iter().map(WorkflowInstanceRow::into_domain).collect()
                 })
                 .await
@@ -882,6 +885,154 @@ macro_rules! store_impl {
                         .into_iter()
                         .map(WorkflowInstanceRow::into_domain)
                         .collect()
+                })
+                .await
+            }
+
+            async fn create_backfill(&self, new: &NewBackfill) -> Result<Backfill> {
+                let new = new.clone();
+                self.run(move |c: &mut Conn| {
+                    let now = now_ms();
+                    let times: Vec<i64> = new.schedule_times.iter().copied().map(ms).collect();
+                    diesel::insert_into(backfills::table)
+                        .values((
+                            backfills::workflow_id.eq(new.workflow_id.get()),
+                            backfills::workflow_version.eq(new.workflow_version as i32),
+                            backfills::schedule_times.eq(json(&times)),
+                            backfills::parallelism.eq(new.parallelism.max(1) as i32),
+                            backfills::next_index.eq(0),
+                            backfills::state.eq(BackfillState::Running.as_str()),
+                            backfills::params.eq(json(&new.params)),
+                            backfills::created_at.eq(now),
+                            backfills::updated_at.eq(now),
+                        ))
+                        .returning(BackfillRow::as_returning())
+                        .get_result(c)?
+                        .into_domain()
+                })
+                .await
+            }
+
+            async fn backfill(&self, id: BackfillId) -> Result<Option<Backfill>> {
+                self.run(move |c: &mut Conn| {
+                    backfills::table
+                        .find(id.get())
+                        .select(BackfillRow::as_select())
+                        .first(c)
+                        .optional()?
+                        .map(BackfillRow::into_domain)
+                        .transpose()
+                })
+                .await
+            }
+
+            async fn advance_backfills(&self) -> Result<Vec<WorkflowInstanceId>> {
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let running: Vec<BackfillRow> = backfills::table
+                            .filter(backfills::state.eq(BackfillState::Running.as_str()))
+                            .order(backfills::id)
+                            .select(BackfillRow::as_select())
+                            $($claim_lock)*
+                            .load(c)?;
+                        let mut created = Vec::new();
+                        for row in running {
+                            let backfill = row.into_domain()?;
+                            let mut unfinished: i64 = workflow_instances::table
+                                .filter(workflow_instances::backfill_id.eq(backfill.id.get()))
+                                .filter(workflow_instances::state.ne_all(FINAL))
+                                .count()
+                                .get_result(c)?;
+                            let version = workflow_versions::table
+                                .filter(workflow_versions::workflow_id.eq(backfill.spec.workflow_id.get()))
+                                .filter(workflow_versions::version.eq(backfill.spec.workflow_version as i32))
+                                .select(WorkflowVersionRow::as_select())
+                                .first(c)
+                                .optional()?;
+                            let Some(version) = version else {
+                                // The workflow was deleted: nothing left to run.
+                                diesel::update(backfills::table.find(backfill.id.get()))
+                                    .set((backfills::state.eq(BackfillState::Stopped.as_str()), backfills::updated_at.eq(now_ms())))
+                                    .execute(c)?;
+                                continue;
+                            };
+                            let mut next = backfill.created_runs as usize;
+                            let times = &backfill.spec.schedule_times;
+                            while unfinished < backfill.spec.parallelism as i64 && next < times.len() {
+                                let now = now_ms();
+                                let new = NewWorkflowInstance {
+                                    workflow_id: backfill.spec.workflow_id,
+                                    workflow_version: backfill.spec.workflow_version,
+                                    command_kind: CommandKind::Backfill,
+                                    params: backfill.spec.params.clone(),
+                                    priority: parse("workflow_versions.priority", &version.priority)?,
+                                    worker_group: parse("workflow_versions.worker_group", &version.worker_group)?,
+                                    failure_strategy: parse("workflow_versions.failure_strategy", &version.failure_strategy)?,
+                                    schedule_time: Some(times[next]),
+                                    owner: None,
+                                    start_tasks: Vec::new(),
+                                    scope: None,
+                                };
+                                let (project_id, name): (i64, String) = workflows::table
+                                    .find(backfill.spec.workflow_id.get())
+                                    .select((workflows::project_id, workflows::name))
+                                    .first(c)?;
+                                let mut row = NewWorkflowInstanceRow::new(&new, project_id, name, now);
+                                row.backfill_id = Some(backfill.id.get());
+                                let instance: i64 = diesel::insert_into(workflow_instances::table)
+                                    .values(row)
+                                    .returning(workflow_instances::id)
+                                    .get_result(c)?;
+                                let mut command = NewCommand::start(backfill.spec.workflow_id);
+                                command.workflow_version = Some(backfill.spec.workflow_version);
+                                command.workflow_instance_id = Some(WorkflowInstanceId(instance));
+                                command.schedule_time = Some(times[next]);
+                                diesel::insert_into(commands::table).values(NewCommandRow::new(&command, now)).execute(c)?;
+                                created.push(WorkflowInstanceId(instance));
+                                next += 1;
+                                unfinished += 1;
+                            }
+                            let state = if next >= times.len() && unfinished == 0 { BackfillState::Done } else { BackfillState::Running };
+                            if next != backfill.created_runs as usize || state != BackfillState::Running {
+                                diesel::update(backfills::table.find(backfill.id.get()))
+                                    .set((
+                                        backfills::next_index.eq(next as i32),
+                                        backfills::state.eq(state.as_str()),
+                                        backfills::updated_at.eq(now_ms()),
+                                    ))
+                                    .execute(c)?;
+                            }
+                        }
+                        Ok(created)
+                    })
+                })
+                .await
+            }
+
+            async fn stop_backfill(&self, id: BackfillId) -> Result<Backfill> {
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let row = diesel::update(backfills::table.find(id.get()))
+                            .set((backfills::state.eq(BackfillState::Stopped.as_str()), backfills::updated_at.eq(now_ms())))
+                            .returning(BackfillRow::as_returning())
+                            .get_result(c)
+                            .optional()?
+                            .ok_or_else(|| StoreError::NotFound(format!("backfill {id}")))?;
+                        let backfill = row.into_domain()?;
+                        let unfinished: Vec<i64> = workflow_instances::table
+                            .filter(workflow_instances::backfill_id.eq(id.get()))
+                            .filter(workflow_instances::state.ne_all(FINAL))
+                            .select(workflow_instances::id)
+                            .load(c)?;
+                        let now = now_ms();
+                        for instance in unfinished {
+                            let mut command = NewCommand::start(backfill.spec.workflow_id);
+                            command.kind = CommandKind::Stop;
+                            command.workflow_instance_id = Some(WorkflowInstanceId(instance));
+                            diesel::insert_into(commands::table).values(NewCommandRow::new(&command, now)).execute(c)?;
+                        }
+                        Ok(backfill)
+                    })
                 })
                 .await
             }

@@ -123,6 +123,18 @@ pub trait Store: Send + Sync + 'static {
     /// Non-final instances owned by `owner`.
     async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
 
+    // --- backfills
+    async fn create_backfill(&self, new: &NewBackfill) -> Result<Backfill>;
+    async fn backfill(&self, id: BackfillId) -> Result<Option<Backfill>>;
+    /// For every running backfill, creates its next runs (instance + start
+    /// command, in schedule-time order) while fewer than its parallelism are
+    /// unfinished, and marks it done once every run was created and has
+    /// finished. Safe with several masters. Returns the instances created.
+    async fn advance_backfills(&self) -> Result<Vec<WorkflowInstanceId>>;
+    /// Stops a backfill as a whole: no new runs, and a stop command for each
+    /// unfinished one, in one transaction.
+    async fn stop_backfill(&self, id: BackfillId) -> Result<Backfill>;
+
     // --- task instances
     async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
     async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance>;

@@ -323,6 +323,7 @@ pub(crate) struct WorkflowInstanceRow {
     pub updated_at: i64,
     pub start_tasks: String,
     pub scope: Option<String>,
+    pub backfill_id: Option<i64>,
 }
 
 #[derive(Insertable)]
@@ -346,6 +347,7 @@ pub(crate) struct NewWorkflowInstanceRow {
     pub updated_at: i64,
     pub start_tasks: String,
     pub scope: Option<String>,
+    pub backfill_id: Option<i64>,
 }
 
 impl NewWorkflowInstanceRow {
@@ -369,6 +371,7 @@ impl NewWorkflowInstanceRow {
             updated_at: now,
             start_tasks: json(&n.start_tasks),
             scope: n.scope.map(|s| s.to_string()),
+            backfill_id: None,
         }
     }
 }
@@ -393,6 +396,7 @@ impl WorkflowInstanceRow {
             run: u32_of("workflow_instances.run", self.run)?,
             start_tasks: from_json("workflow_instances.start_tasks", &self.start_tasks)?,
             scope: parse_opt("workflow_instances.scope", self.scope)?,
+            backfill_id: self.backfill_id.map(BackfillId),
             start_time: opt_ms(self.start_time)?,
             end_time: opt_ms(self.end_time)?,
             created_at: from_ms(self.created_at)?,
@@ -560,5 +564,40 @@ impl WorkflowChangeset {
             end_time: u.end_time.map(|t| t.map(ms)),
             updated_at: now,
         }
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = backfills)]
+pub(crate) struct BackfillRow {
+    pub id: i64,
+    pub workflow_id: i64,
+    pub workflow_version: i32,
+    pub schedule_times: String,
+    pub parallelism: i32,
+    pub next_index: i32,
+    pub state: String,
+    pub params: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl BackfillRow {
+    pub fn into_domain(self) -> Result<Backfill, StoreError> {
+        let times: Vec<i64> = from_json("backfills.schedule_times", &self.schedule_times)?;
+        Ok(Backfill {
+            id: BackfillId(self.id),
+            spec: NewBackfill {
+                workflow_id: WorkflowId(self.workflow_id),
+                workflow_version: u32_of("backfills.workflow_version", self.workflow_version)?,
+                schedule_times: times.into_iter().map(from_ms).collect::<Result<_, _>>()?,
+                parallelism: u32_of("backfills.parallelism", self.parallelism)?,
+                params: from_json("backfills.params", &self.params)?,
+            },
+            created_runs: u32_of("backfills.next_index", self.next_index)?,
+            state: parse("backfills.state", &self.state)?,
+            created_at: from_ms(self.created_at)?,
+            updated_at: from_ms(self.updated_at)?,
+        })
     }
 }

@@ -107,6 +107,22 @@ diesel::table! {
         updated_at -> BigInt,
         start_tasks -> Text,
         scope -> Nullable<Text>,
+        backfill_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    backfills (id) {
+        id -> BigInt,
+        workflow_id -> BigInt,
+        workflow_version -> Integer,
+        schedule_times -> Text,
+        parallelism -> Integer,
+        next_index -> Integer,
+        state -> Text,
+        params -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
     }
 }
 
@@ -177,4 +193,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     workflow_instances,
     task_instances,
     commands,
+    backfills,
 );

@@ -70,6 +70,8 @@ store_suite!(
     stale_fences_are_refused,
     task_instances_are_created_and_updated_under_the_fence,
     a_command_becomes_an_instance_atomically,
+    backfills_create_runs_in_order_within_their_parallelism,
+    a_finished_backfill_is_done,
 );
 
 fn task(name: &str, deps: &[&str]) -> TaskSpec {
@@ -610,4 +612,64 @@ async fn a_command_becomes_an_instance_atomically(store: Arc<dyn Store>) {
     let err = store.adopt_instance_for_command(cmd, pre, "m2:1").await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert_eq!(store.workflow_instance(pre).await.unwrap().unwrap().owner_epoch, 2, "the refused adoption was rolled back");
+}
+
+async fn backfills_create_runs_in_order_within_their_parallelism(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let day = |d: u32| Utc.with_ymd_and_hms(2026, 1, d, 0, 0, 0).unwrap();
+    let backfill = store
+        .create_backfill(&NewBackfill {
+            workflow_id: w.id,
+            workflow_version: w.version,
+            schedule_times: (1..=5).map(day).collect(),
+            parallelism: 2,
+            params: [("env".to_string(), "test".to_string())].into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!((backfill.state, backfill.created_runs), (BackfillState::Running, 0));
+    let first = store.advance_backfills().await.unwrap();
+    assert_eq!(first.len(), 2, "at most parallelism runs at once");
+    assert!(store.advance_backfills().await.unwrap().is_empty(), "none finished yet");
+    let runs = store.list_workflow_instances(&InstanceFilter { backfill_id: Some(backfill.id), limit: 100, ..Default::default() }).await.unwrap();
+    let mut times: Vec<_> = runs.iter().map(|r| r.schedule_time.unwrap()).collect();
+    times.sort();
+    assert_eq!(times, [day(1), day(2)], "in schedule-time order");
+    assert!(runs.iter().all(|r| r.command_kind == CommandKind::Backfill && r.params["env"] == "test" && r.backfill_id == Some(backfill.id)));
+    assert_eq!(store.claim_commands("m:1", 10).await.unwrap().len(), 2, "each run has its start command");
+    // Finish one run: exactly one more is created.
+    let done = &runs[0];
+    store.adopt_workflow_instance(done.id, "m:1").await.unwrap();
+    let fence = store.workflow_instance(done.id).await.unwrap().unwrap().fence();
+    store.update_workflow_instance(fence, &WorkflowUpdate { state: Some(WorkflowState::Success), ..Default::default() }).await.unwrap();
+    assert_eq!(store.advance_backfills().await.unwrap().len(), 1);
+    assert_eq!(store.backfill(backfill.id).await.unwrap().unwrap().created_runs, 3);
+
+    // Stopping: no new runs, a stop command for each unfinished one.
+    let stopped = store.stop_backfill(backfill.id).await.unwrap();
+    assert_eq!(stopped.state, BackfillState::Stopped);
+    let stops: Vec<Command> = store.unclaimed_commands().await.unwrap().into_iter().filter(|c| c.spec.kind == CommandKind::Stop).collect();
+    assert_eq!(stops.len(), 2);
+    assert!(store.advance_backfills().await.unwrap().is_empty());
+    let err = store.stop_backfill(BackfillId(999_999)).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn a_finished_backfill_is_done(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let backfill = store
+        .create_backfill(&NewBackfill {
+            workflow_id: w.id,
+            workflow_version: w.version,
+            schedule_times: vec![Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()],
+            parallelism: 1,
+            params: Params::new(),
+        })
+        .await
+        .unwrap();
+    let run = store.advance_backfills().await.unwrap()[0];
+    let wi = store.adopt_workflow_instance(run, "m:1").await.unwrap();
+    store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap();
+    assert!(store.advance_backfills().await.unwrap().is_empty());
+    assert_eq!(store.backfill(backfill.id).await.unwrap().unwrap().state, BackfillState::Done);
 }
