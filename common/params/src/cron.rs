@@ -132,6 +132,28 @@ impl Timing {
     }
 }
 
+/// The schedule time of a backfill run for each calendar date: the first
+/// time the schedule fires on that date (in its zone), or midnight of the
+/// date in `tz` when the schedule does not fire that day (or there is none).
+pub fn backfill_times(dates: &[chrono::NaiveDate], timing: Option<&Timing>, tz: Tz) -> Vec<DateTime<Utc>> {
+    use chrono::TimeZone;
+    dates
+        .iter()
+        .map(|date| {
+            let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+            let start = tz
+                .from_local_datetime(&midnight)
+                .earliest()
+                .unwrap_or_else(|| tz.from_utc_datetime(&midnight))
+                .with_timezone(&Utc);
+            let fire = timing
+                .and_then(|t| t.next_after(start - Duration::milliseconds(1), None))
+                .filter(|f| f.with_timezone(&tz).date_naive() == *date);
+            fire.unwrap_or(start)
+        })
+        .collect()
+}
+
 /// What to do about fire times missed while no master fired the schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misfire {
@@ -250,6 +272,22 @@ mod tests {
         assert_eq!(t.next_after(start + Duration::minutes(10), None), None);
         let end = start + Duration::minutes(6);
         assert_eq!(t.preview(start - Duration::seconds(1), Some(end), 10).len(), 2);
+    }
+
+    #[test]
+    fn backfill_dates_take_the_days_fire_time() {
+        let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
+        let daily = Timing::Cron { cron: Cron::parse("0 30 2 * * ?").unwrap(), tz: shanghai };
+        let dates = [chrono::NaiveDate::from_ymd_opt(2024, 2, 28).unwrap(), chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()];
+        let got: Vec<String> = backfill_times(&dates, Some(&daily), shanghai).into_iter().map(|t| local(shanghai, t)).collect();
+        assert_eq!(got, ["2024-02-28 02:30:00 CST", "2024-02-29 02:30:00 CST"]);
+        // No schedule: midnight in the zone.
+        let got: Vec<String> = backfill_times(&dates[..1], None, shanghai).into_iter().map(|t| local(shanghai, t)).collect();
+        assert_eq!(got, ["2024-02-28 00:00:00 CST"]);
+        // A weekly schedule that does not fire that day: midnight too.
+        let mondays = Timing::Cron { cron: Cron::parse("0 0 9 ? * MON").unwrap(), tz: shanghai };
+        let wednesday = [chrono::NaiveDate::from_ymd_opt(2024, 2, 28).unwrap()];
+        assert_eq!(local(shanghai, backfill_times(&wednesday, Some(&mondays), shanghai)[0]), "2024-02-28 00:00:00 CST");
     }
 
     #[test]
