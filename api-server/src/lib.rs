@@ -71,14 +71,15 @@ impl ApiServer {
 #[openapi(
     info(
         title = "Sluice REST API",
-        description = "Projects, workflows (as YAML or JSON documents, versioned), runs, workflow and task instances. \
+        description = "Projects, workflows (as YAML or JSON documents, versioned), schedules, runs, workflow and task instances. \
             Every error has the shape `{\"error\": {\"code\", \"message\", \"field\"?}}`."
     ),
     tags(
         (name = "meta", description = "Health"),
         (name = "projects", description = "Namespaces for workflows"),
         (name = "workflows", description = "Workflow definitions and their versions"),
-        (name = "runs", description = "Starting runs; workflow and task instances"),
+        (name = "schedules", description = "When workflows fire by themselves: cron or interval, online or offline"),
+        (name = "runs", description = "Starting runs; workflow and task instances; run commands (stop, kill, rerun, recover, pause, resume, force-success)"),
     )
 )]
 struct ApiDoc;
@@ -155,8 +156,21 @@ impl Role for ApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_domain::*;
     use sluice_storage::{PoolOptions, SqliteStore};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request over a fresh connection: the status and the body.
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {out}"));
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -176,8 +190,21 @@ mod tests {
             .iter()
             .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |method| format!("{method} {path}")))
             .collect();
-        assert_eq!(operations.len(), 15, "{operations:#?}");
-        for operation in ["put /api/v1/projects/{project}/workflows/{name}", "post /api/v1/task-instances/{id}/kill"] {
+        assert_eq!(operations.len(), 25, "{operations:#?}");
+        for operation in [
+            "put /api/v1/projects/{project}/workflows/{name}",
+            "post /api/v1/task-instances/{id}/kill",
+            "get /api/v1/projects/{project}/workflows/{name}/schedule",
+            "put /api/v1/projects/{project}/workflows/{name}/schedule",
+            "post /api/v1/projects/{project}/workflows/{name}/schedule/online",
+            "post /api/v1/projects/{project}/workflows/{name}/schedule/offline",
+            "get /api/v1/projects/{project}/workflows/{name}/schedule/preview",
+            "post /api/v1/workflow-instances/{id}/rerun",
+            "post /api/v1/workflow-instances/{id}/recover",
+            "post /api/v1/workflow-instances/{id}/pause",
+            "post /api/v1/workflow-instances/{id}/resume",
+            "post /api/v1/task-instances/{id}/force-success",
+        ] {
             assert!(operations.iter().any(|o| o == operation), "{operation} missing from {operations:#?}");
         }
     }
@@ -196,5 +223,140 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         api.stop().await.unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after stop");
+    }
+
+    /// An instance of `workflow` put in `state` with tasks in the given
+    /// states, as a master would have left it (no master runs here).
+    async fn instance_in(store: &dyn Store, workflow: WorkflowId, state: WorkflowState, tasks: &[(&str, TaskState)]) -> (i64, Vec<i64>) {
+        let def = store.workflow_by_id(workflow, None).await.unwrap().unwrap();
+        let new = NewWorkflowInstance {
+            workflow_id: def.id,
+            workflow_version: def.version,
+            command_kind: CommandKind::Start,
+            params: Params::new(),
+            priority: def.priority,
+            worker_group: def.worker_group.clone(),
+            failure_strategy: def.failure_strategy,
+            schedule_time: None,
+            owner: Some("test".into()),
+            start_tasks: Vec::new(),
+            scope: None,
+        };
+        let wi = store.create_workflow_instance(&new).await.unwrap();
+        let fence = wi.fence();
+        store.update_workflow_instance(fence, &WorkflowUpdate { state: Some(state), ..Default::default() }).await.unwrap();
+        let mut ids = Vec::new();
+        for (name, task_state) in tasks {
+            let definition = def.task(name).unwrap();
+            let new = NewTaskInstance {
+                workflow_instance_id: wi.id,
+                task_definition_id: definition.id,
+                name: name.to_string(),
+                task_type: definition.spec.task_type.clone(),
+                priority: Priority::Medium,
+                worker_group: WorkerGroup::default(),
+                max_retries: 0,
+                run: 1,
+            };
+            let task = store.create_task_instances(fence, &[new]).await.unwrap().remove(0);
+            store.update_task_instance(fence, task.id, &TaskUpdate { state: Some(*task_state), ..Default::default() }).await.unwrap();
+            ids.push(task.id.get());
+        }
+        (wi.id.get(), ids)
+    }
+
+    /// Without any master: every refusal is decided by the API from the
+    /// transition tables and the command queue, before anything is written.
+    #[tokio::test]
+    async fn run_commands_are_checked_against_the_state_and_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db").to_str().unwrap(), PoolOptions::sized(2)).await.unwrap());
+        let project = store.create_project("p", "", &Params::new()).await.unwrap();
+        let mut spec = WorkflowSpec {
+            name: "w".into(),
+            description: String::new(),
+            params: Params::new(),
+            failure_strategy: FailureStrategy::Continue,
+            priority: Priority::Medium,
+            worker_group: WorkerGroup::default(),
+            tasks: Vec::new(),
+        };
+        for (name, deps) in [("a", vec![]), ("b", vec!["a".to_string()])] {
+            let mut task = TaskSpec::new(name, "shell");
+            task.body.insert("script".into(), "true".into());
+            task.deps = deps;
+            spec.tasks.push(task);
+        }
+        let workflow = store.save_workflow(project.id, &spec).await.unwrap().id;
+        let mut api = ApiServer::new("127.0.0.1:0".parse().unwrap(), store.clone());
+        api.start().await.unwrap();
+        let addr = api.local_addr().unwrap();
+        let post = |path: String| async move { request(addr, "POST", &format!("/api/v1{path}")).await };
+        let conflict = |(status, body): (u16, String), needle: &str| {
+            assert_eq!(status, 409, "{body}");
+            assert!(body.contains(needle), "expected `{needle}` in {body}");
+        };
+        let accepted = |(status, body): (u16, String)| -> serde_json::Value {
+            assert_eq!(status, 202, "{body}");
+            serde_json::from_str(&body).unwrap()
+        };
+
+        let (ok, ok_tasks) = instance_in(store.as_ref(), workflow, WorkflowState::Success, &[("a", TaskState::Success), ("b", TaskState::Success)]).await;
+        conflict(post(format!("/workflow-instances/{ok}/pause")).await, &format!("workflow instance {ok} is success: pause needs it running"));
+        conflict(post(format!("/workflow-instances/{ok}/resume")).await, "is success: resume needs it paused");
+        conflict(post(format!("/workflow-instances/{ok}/recover")).await, "is success: recover needs it stopped or failure");
+        conflict(post(format!("/task-instances/{}/force-success", ok_tasks[0])).await, "(`a`) is success: force-success needs it failure or killed");
+        let rerun = accepted(post(format!("/workflow-instances/{ok}/rerun")).await);
+        assert_eq!((rerun["workflow_instance_id"].as_i64(), rerun["run"].as_u64()), (Some(ok), Some(2)));
+        conflict(post(format!("/workflow-instances/{ok}/rerun")).await, "already has a rerun queued");
+
+        let (failed, failed_tasks) =
+            instance_in(store.as_ref(), workflow, WorkflowState::Failure, &[("a", TaskState::Success), ("b", TaskState::Failure)]).await;
+        let forced = accepted(post(format!("/task-instances/{}/force-success", failed_tasks[1])).await);
+        assert_eq!((forced["workflow_instance_id"].as_i64(), forced["run"].as_u64()), (Some(failed), Some(2)));
+        conflict(post(format!("/workflow-instances/{failed}/recover")).await, "already has a force_success queued");
+
+        let (running, running_tasks) =
+            instance_in(store.as_ref(), workflow, WorkflowState::Running, &[("a", TaskState::Failure), ("b", TaskState::Running)]).await;
+        conflict(post(format!("/workflow-instances/{running}/rerun")).await, "is running: rerun needs it stopped, success or failure");
+        conflict(post(format!("/workflow-instances/{running}/resume")).await, "is running: resume needs it paused");
+        let forced = accepted(post(format!("/task-instances/{}/force-success", running_tasks[0])).await);
+        assert!(forced.get("run").is_none(), "a running instance is not restarted: {forced}");
+        conflict(post(format!("/task-instances/{}/force-success", running_tasks[1])).await, "is running: force-success needs it failure or killed");
+        accepted(post(format!("/workflow-instances/{running}/pause")).await);
+
+        let (paused, paused_tasks) = instance_in(store.as_ref(), workflow, WorkflowState::Paused, &[("a", TaskState::Killed)]).await;
+        conflict(post(format!("/task-instances/{}/force-success", paused_tasks[0])).await, "is paused: force-success needs it running, ready_pause, stopped or failure");
+        conflict(post(format!("/workflow-instances/{paused}/pause")).await, "is paused: pause needs it running");
+        let resumed = accepted(post(format!("/workflow-instances/{paused}/resume")).await);
+        assert!(resumed.get("run").is_none(), "resume goes on with the same run: {resumed}");
+        conflict(post(format!("/workflow-instances/{paused}/resume")).await, "already has a resume queued");
+
+        for path in ["/workflow-instances/987654/rerun", "/workflow-instances/987654/recover", "/workflow-instances/987654/pause", "/workflow-instances/987654/resume", "/task-instances/987654/force-success"] {
+            let (status, body) = post(path.to_owned()).await;
+            assert_eq!(status, 404, "{path}: {body}");
+        }
+        let (status, body) = post("/workflow-instances/x/rerun".into()).await;
+        assert!(status == 400 && body.contains(r#""field":"id""#), "{body}");
+
+        // What was accepted is queued; nothing else was written.
+        let kinds: Vec<(Option<i64>, CommandKind)> = store
+            .unclaimed_commands()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.spec.workflow_instance_id.map(|i| i.get()), c.spec.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (Some(ok), CommandKind::Rerun),
+                (Some(failed), CommandKind::ForceSuccess),
+                (Some(running), CommandKind::ForceSuccess),
+                (Some(running), CommandKind::Pause),
+                (Some(paused), CommandKind::Resume),
+            ]
+        );
+        api.stop().await.unwrap();
     }
 }

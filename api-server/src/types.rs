@@ -62,6 +62,95 @@ pub struct SavedWorkflowView {
     pub version: u32,
     /// A new version was stored (false: identical to the latest version).
     pub created: bool,
+    /// What became of the document's `schedule`; absent when it has none
+    /// (a stored schedule is then left as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<SavedSchedule>,
+}
+
+/// The schedule part of [`SavedWorkflowView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SavedSchedule {
+    /// `created` (the workflow had none: it starts offline), `changed`
+    /// (replaced; online or offline as before) or `unchanged`.
+    pub change: String,
+    /// Whether it fires: `POST …/schedule/online` and `…/offline` switch it.
+    pub online: bool,
+}
+
+/// A schedule as a workflow file's `schedule:` writes it, and as
+/// `PUT …/workflows/{name}/schedule` takes it: `cron` (with `timezone`) or
+/// `every` (with `times`), and optionally `start`, `end`, `misfire`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleBody {
+    /// Quartz cron with seconds (`?`, `L`, `W`, `#`, optional year), e.g.
+    /// `0 30 2 * * ?`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The IANA zone `cron` runs in, e.g. `Asia/Shanghai` (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Instead of `cron`: fire every so often (`30s`, `5m`, `1h`; at least
+    /// `1s`), counted from `start` (or from when the schedule was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    /// With `every`: at most this many fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
+    /// No fire before: a date (`2026-01-01`, midnight in the schedule's
+    /// zone; UTC for `every`) or an RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// No fire after; same forms as `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Fire times missed while no master ran: `run_once` (default, one run
+    /// for them all), `run_all` (each, oldest first) or `skip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<String>,
+}
+
+/// A workflow's schedule and whether it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    pub project: String,
+    pub workflow: String,
+    pub online: bool,
+    /// As a workflow file writes it.
+    pub schedule: ScheduleBody,
+    /// The last fire time a run was created for.
+    pub last_fire: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Answer of `GET …/schedule/preview`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SchedulePreview {
+    pub project: String,
+    pub workflow: String,
+    /// The zone the times are given in: the schedule's (UTC for `every`).
+    pub timezone: String,
+    pub online: bool,
+    /// The next fire times, RFC 3339 in `timezone` with its offset
+    /// (`2026-03-08T03:00:00-04:00`); fewer than asked when the schedule
+    /// ends (its `end`, or `times`) first.
+    pub times: Vec<String>,
+}
+
+/// Query of `GET …/schedule/preview`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewQuery {
+    /// How many fire times, 1 to 100 (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub count: Option<String>,
+    /// Fire times after this RFC 3339 time (default: now). The schedule's
+    /// `start` and `end` still apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -193,12 +282,18 @@ pub struct InstancePage {
     pub next_cursor: Option<String>,
 }
 
-/// Answer to stop and kill requests (202): the request is queued for the
-/// master that drives the instance.
+/// Answer to run commands (202): the request is queued for the master that
+/// drives the instance, or for any master when nobody drives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RequestAccepted {
     pub workflow_instance_id: i64,
     pub command_id: i64,
+    /// For commands that restart an instance at rest (rerun, recover,
+    /// force-success of a failed or stopped instance): the instance's `run`
+    /// once restarted. The restarted run is over when the instance has this
+    /// run and a final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u32>,
 }
 
 /// Query of `GET /projects/{project}/workflows`.
@@ -266,6 +361,9 @@ pub struct WorkflowDocumentSchema {
     pub priority: Option<String>,
     pub worker_group: Option<String>,
     pub tasks: Vec<TaskDocumentSchema>,
+    /// When the workflow fires by itself. A document without it leaves the
+    /// stored schedule (if any) as it is; a new schedule starts offline.
+    pub schedule: Option<ScheduleBody>,
 }
 
 /// One task of a [`WorkflowDocumentSchema`]. Type-specific keys (`script`

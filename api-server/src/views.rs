@@ -4,7 +4,10 @@
 
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use sluice_domain::*;
+use sluice_params::cron::{Cron, Timing};
+use sluice_params::Tz;
 use sluice_storage::{SavedWorkflow, WorkflowVersionInfo};
 
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -44,18 +47,156 @@ impl From<WorkflowVersionInfo> for WorkflowVersionView {
     }
 }
 
-pub fn saved_workflow_view(name: &str, saved: &SavedWorkflow) -> SavedWorkflowView {
-    SavedWorkflowView { name: name.to_owned(), version: saved.version, created: saved.created }
+pub fn saved_workflow_view(name: &str, saved: &SavedWorkflow, schedule: Option<SavedSchedule>) -> SavedWorkflowView {
+    SavedWorkflowView { name: name.to_owned(), version: saved.version, created: saved.created, schedule }
 }
 
-/// A stored version as the document users write (`sluice apply` reads it back).
-pub fn workflow_view(def: &WorkflowDefinition) -> WorkflowView {
+/// A stored version as the document users write (`sluice apply` reads it
+/// back), with the workflow's schedule: it belongs to the workflow, not to
+/// a version, so every version's document shows the current one.
+pub fn workflow_view(def: &WorkflowDefinition, schedule: Option<&Schedule>) -> WorkflowView {
     WorkflowView {
         project: def.project.clone(),
         name: def.name.clone(),
         version: def.version,
         created_at: def.created_at,
-        document: sluice_spec::to_value(&def.project, &def.spec()),
+        document: sluice_spec::to_value(&def.project, &def.spec(), schedule.map(schedule_spec).as_ref()),
+    }
+}
+
+/// What a stored schedule was made from.
+pub fn schedule_spec(schedule: &Schedule) -> ScheduleSpec {
+    ScheduleSpec { trigger: schedule.trigger.clone(), start: schedule.start, end: schedule.end, misfire: schedule.misfire }
+}
+
+/// A schedule in its document form.
+pub fn schedule_body(spec: &ScheduleSpec) -> ScheduleBody {
+    serde_json::from_value(sluice_spec::schedule_to_value(spec)).expect("the document form of a schedule is a ScheduleBody")
+}
+
+pub fn schedule_view(project: &str, workflow: &str, schedule: &Schedule) -> ScheduleView {
+    ScheduleView {
+        project: project.to_owned(),
+        workflow: workflow.to_owned(),
+        online: schedule.online,
+        schedule: schedule_body(&schedule_spec(schedule)),
+        last_fire: schedule.last_fire,
+        created_at: schedule.created_at,
+        updated_at: schedule.updated_at,
+    }
+}
+
+pub const DEFAULT_PREVIEW: usize = 5;
+pub const MAX_PREVIEW: usize = 100;
+
+/// `GET …/schedule/preview`, checked: how many, and after when.
+pub fn preview_query(query: PreviewQuery, now: DateTime<Utc>) -> ApiResult<(usize, DateTime<Utc>)> {
+    let count = match query.count {
+        None => DEFAULT_PREVIEW,
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_PREVIEW).contains(&n) => n,
+            _ => return Err(ApiError::invalid("count", format!("expected a count from 1 to {MAX_PREVIEW}, got `{raw}`"))),
+        },
+    };
+    let after = match query.after {
+        None => now,
+        Some(raw) => DateTime::parse_from_rfc3339(raw.trim()).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+            ApiError::invalid("after", format!("expected an RFC 3339 time such as 2026-03-08T00:00:00-05:00, got `{raw}`"))
+        })?,
+    };
+    Ok((count, after))
+}
+
+/// The next `count` fire times of `schedule` after `after`, and the zone
+/// to show them in. Mirrors the cron leader (`master/src/cron.rs`): an
+/// interval counts from `start`, or from when the schedule was created; no
+/// fire before `start` or after `end`.
+pub fn preview(schedule: &Schedule, after: DateTime<Utc>, count: usize) -> ApiResult<(Tz, Vec<DateTime<Utc>>)> {
+    let broken = |e: String| {
+        tracing::error!(schedule = %schedule.id, error = %e, "stored schedule cannot fire");
+        ApiError::new(ErrorCode::Internal, format!("the stored schedule cannot fire: {e}"))
+    };
+    let (timing, tz) = match &schedule.trigger {
+        Trigger::Cron { expression, timezone } => {
+            let tz = sluice_params::timezone(timezone).map_err(|e| broken(e.to_string()))?;
+            (Timing::Cron { cron: Cron::parse(expression).map_err(|e| broken(e.to_string()))?, tz }, tz)
+        }
+        Trigger::Interval { every, times } => {
+            let every = chrono::Duration::from_std(*every).map_err(|e| broken(e.to_string()))?;
+            (Timing::Every { every, times: *times, start: schedule.start.unwrap_or(schedule.created_at) }, Tz::UTC)
+        }
+    };
+    let from = schedule.start.map(|s| s - chrono::Duration::milliseconds(1)).filter(|s| *s > after).unwrap_or(after);
+    Ok((tz, timing.preview(from, schedule.end, count)))
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(states: &[WorkflowState]) -> String {
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// The states in which `event` is allowed, from the transition table.
+fn states_allowing(event: WorkflowEvent) -> Vec<WorkflowState> {
+    WorkflowState::ALL.iter().copied().filter(|s| s.transition(event).is_ok()).collect()
+}
+
+/// 409 unless the workflow-instance transition table allows `event` in the
+/// instance's state; the message names the state and the ones that would do.
+pub fn check_instance_event(instance: &WorkflowInstance, event: WorkflowEvent, verb: &str) -> ApiResult<()> {
+    match instance.state.transition(event) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ApiError::conflict(format!(
+            "workflow instance {} is {}: {verb} needs it {}",
+            instance.id,
+            instance.state,
+            one_of(&states_allowing(event))
+        ))),
+    }
+}
+
+/// Where a force-success goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForceSuccessRoute {
+    /// To the driver of the running instance: its downstream runs at once.
+    Driver,
+    /// The instance is over: the master restarts it (run + 1) with the task
+    /// forced, and what is downstream of it runs.
+    Restart,
+}
+
+/// 409 unless the task may be forced to success (the task-instance table
+/// allows it: failed or killed) and its instance is running (or pausing)
+/// or over as a failure or stopped.
+pub fn check_force_success(task: &TaskInstance, instance: &WorkflowInstance) -> ApiResult<ForceSuccessRoute> {
+    if task.state.transition(TaskEvent::ForceSuccess).is_err() {
+        let allowed: Vec<&str> =
+            TaskState::ALL.iter().filter(|s| s.transition(TaskEvent::ForceSuccess).is_ok()).map(|s| s.as_str()).collect();
+        return Err(ApiError::conflict(format!(
+            "task instance {} (`{}`) is {}: force-success needs it {}",
+            task.id,
+            task.name,
+            task.state,
+            allowed.join(" or ")
+        )));
+    }
+    match instance.state {
+        WorkflowState::Running | WorkflowState::ReadyPause => Ok(ForceSuccessRoute::Driver),
+        state if state.transition(WorkflowEvent::Recover).is_ok() => Ok(ForceSuccessRoute::Restart),
+        state => {
+            let mut allowed = vec![WorkflowState::Running, WorkflowState::ReadyPause];
+            allowed.extend(states_allowing(WorkflowEvent::Recover));
+            Err(ApiError::conflict(format!(
+                "workflow instance {} of task instance {} is {state}: force-success needs it {}",
+                instance.id,
+                task.id,
+                one_of(&allowed)
+            )))
+        }
     }
 }
 
@@ -347,4 +488,82 @@ mod tests {
         assert_eq!(version(WorkflowVersionQuery { version: Some("0".into()) }).unwrap_err().field.as_deref(), Some("version"));
         assert_eq!(version(WorkflowVersionQuery { version: Some("3".into()) }).unwrap(), Some(3));
     }
+
+    fn schedule(trigger: Trigger, start: Option<&str>, end: Option<&str>) -> Schedule {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        Schedule {
+            id: ScheduleId(1),
+            workflow_id: WorkflowId(7),
+            trigger,
+            start: start.map(at),
+            end: end.map(at),
+            misfire: MisfirePolicy::RunOnce,
+            online: false,
+            last_fire: None,
+            created_at: at("2026-01-01T00:00:10Z"),
+            updated_at: at("2026-01-01T00:00:10Z"),
+        }
+    }
+
+    fn shown(schedule: &Schedule, after: &str, count: usize) -> Vec<String> {
+        let after = DateTime::parse_from_rfc3339(after).unwrap().with_timezone(&Utc);
+        let (tz, times) = preview(schedule, after, count).unwrap();
+        times.into_iter().map(|t| sluice_spec::zoned_text(t, tz)).collect()
+    }
+
+    #[test]
+    fn previews_are_in_the_schedule_zone_across_dst() {
+        let ny = |expression: &str| Trigger::Cron { expression: expression.into(), timezone: "America/New_York".into() };
+        let daily = schedule(ny("0 30 2 * * ?"), None, None);
+        assert_eq!(
+            shown(&daily, "2026-03-07T12:00:00Z", 3),
+            ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00", "2026-03-10T02:30:00-04:00"],
+            "02:30 does not exist on 2026-03-08"
+        );
+        let daily = schedule(ny("0 30 1 * * ?"), None, Some("2026-11-03T00:00:00Z"));
+        assert_eq!(
+            shown(&daily, "2026-10-31T12:00:00Z", 5),
+            ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
+            "01:30 happens twice on 2026-11-01 but fires once; nothing after `end`"
+        );
+        // Not before `start`, even when asked for earlier times.
+        let later = schedule(ny("0 30 2 * * ?"), Some("2027-03-13T05:00:00Z"), None);
+        assert_eq!(shown(&later, "2026-11-21T00:00:00Z", 2), ["2027-03-13T02:30:00-05:00", "2027-03-14T03:00:00-04:00"]);
+    }
+
+    #[test]
+    fn interval_previews_count_from_start_or_creation() {
+        let every = |times| Trigger::Interval { every: std::time::Duration::from_secs(300), times };
+        let from_creation = schedule(every(Some(2)), None, None);
+        assert_eq!(shown(&from_creation, "2026-01-01T00:00:00Z", 5), ["2026-01-01T00:00:10+00:00", "2026-01-01T00:05:10+00:00"]);
+        let from_start = schedule(every(None), Some("2026-02-01T00:00:00Z"), None);
+        assert_eq!(shown(&from_start, "2026-02-01T00:07:00Z", 2), ["2026-02-01T00:10:00+00:00", "2026-02-01T00:15:00+00:00"]);
+    }
+
+    #[test]
+    fn preview_queries_are_checked() {
+        let now = Utc::now();
+        assert_eq!(preview_query(PreviewQuery::default(), now).unwrap(), (DEFAULT_PREVIEW, now));
+        let (count, after) = preview_query(PreviewQuery { count: Some("100".into()), after: Some("2026-03-08T00:00:00-05:00".into()) }, now).unwrap();
+        assert_eq!((count, after.to_rfc3339()), (100, "2026-03-08T05:00:00+00:00".to_owned()));
+        for (query, field) in [
+            (PreviewQuery { count: Some("0".into()), ..Default::default() }, "count"),
+            (PreviewQuery { count: Some("101".into()), ..Default::default() }, "count"),
+            (PreviewQuery { count: Some("five".into()), ..Default::default() }, "count"),
+            (PreviewQuery { after: Some("tomorrow".into()), ..Default::default() }, "after"),
+        ] {
+            assert_eq!(preview_query(query, now).unwrap_err().field.as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn schedules_show_in_their_document_form() {
+        let s = schedule(Trigger::Cron { expression: "0 30 2 * * ?".into(), timezone: "Asia/Shanghai".into() }, Some("2025-12-31T16:00:00Z"), None);
+        let view = schedule_view("p", "w", &s);
+        assert_eq!(view.schedule.cron.as_deref(), Some("0 30 2 * * ?"));
+        assert_eq!(view.schedule.start.as_deref(), Some("2026-01-01"), "midnight in Shanghai reads as the date");
+        assert_eq!(view.schedule.misfire.as_deref(), Some("run_once"));
+        assert_eq!((view.schedule.every, view.online), (None, false));
+    }
+
 }

@@ -289,6 +289,31 @@ impl Sandbox {
     }
 }
 
+/// Instantiates each listed scenario, an `async fn name(sandbox: Sandbox)`
+/// of the calling module, once in standalone and once on a 2-master /
+/// 2-worker cluster (test modules `standalone::name` and `cluster::name`).
+#[macro_export]
+macro_rules! both_deployments {
+    ($($test:ident),+ $(,)?) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test($crate::Sandbox::standalone().await).await;
+                }
+            )+
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test($crate::Sandbox::cluster(2, 2).await).await;
+                }
+            )+
+        }
+    };
+}
+
 /// An HTTP client for tests. reqwest is built without a TLS provider (the
 /// workspace uses ring, installed here, instead of aws-lc).
 pub fn http_client() -> reqwest::Client {

@@ -12,29 +12,7 @@ use serde_json::{json, Value};
 use sluice_domain::{TaskState, WorkflowInstanceId};
 use sluice_e2e::Sandbox;
 
-/// Instantiates each scenario for both deployments.
-macro_rules! both_deployments {
-    ($($test:ident),+ $(,)?) => {
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(sluice_e2e::Sandbox::standalone().await).await;
-                }
-            )+
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(sluice_e2e::Sandbox::cluster(2, 2).await).await;
-                }
-            )+
-        }
-    };
-}
-
-both_deployments!(
+sluice_e2e::both_deployments!(
     projects_are_created_listed_and_fetched,
     workflows_are_versioned_documents,
     bad_workflow_documents_are_refused_and_store_nothing,

@@ -6,28 +6,7 @@ use std::time::Duration;
 use sluice_domain::*;
 use sluice_e2e::{shell, workflow, Sandbox};
 
-macro_rules! both_deployments {
-    ($($test:ident),+ $(,)?) => {
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(sluice_e2e::Sandbox::standalone().await).await;
-                }
-            )+
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(sluice_e2e::Sandbox::cluster(2, 2).await).await;
-                }
-            )+
-        }
-    };
-}
-
-both_deployments!(
+sluice_e2e::both_deployments!(
     rerun_runs_every_task_again_in_the_same_instance,
     recover_runs_only_the_failed_tasks_and_what_is_below_them,
     start_from_tasks_honours_each_scope,

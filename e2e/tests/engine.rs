@@ -7,29 +7,7 @@ use std::time::Duration;
 use sluice_domain::*;
 use sluice_e2e::{shell, workflow, Sandbox};
 
-/// Instantiates each scenario for both deployments.
-macro_rules! both_deployments {
-    ($($test:ident),+ $(,)?) => {
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(sluice_e2e::Sandbox::standalone().await).await;
-                }
-            )+
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(sluice_e2e::Sandbox::cluster(2, 2).await).await;
-                }
-            )+
-        }
-    };
-}
-
-both_deployments!(
+sluice_e2e::both_deployments!(
     diamond_runs_its_middle_tasks_in_parallel,
     a_task_that_fails_twice_succeeds_on_its_third_attempt,
     a_timeout_with_strategy_fail_kills_the_process_group,

@@ -5,6 +5,7 @@
 mod instances;
 mod meta;
 mod projects;
+mod schedules;
 mod workflows;
 
 use std::sync::Arc;
@@ -26,7 +27,9 @@ pub(crate) struct AppState {
 
 /// Every documented route, relative to `/api/v1`.
 pub(crate) fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(meta::routes()).merge(projects::routes()).merge(workflows::routes()).merge(instances::routes())
+    OpenApiRouter::new().merge(meta::routes()).merge(projects::routes()).merge(workflows::routes())
+        .merge(schedules::routes())
+        .merge(instances::routes())
 }
 
 impl AppState {

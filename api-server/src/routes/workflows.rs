@@ -8,7 +8,7 @@ use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonOrEmpty, PathParams, QueryParams, WorkflowBody};
 use crate::types::*;
-use crate::views::{self, plan_run, saved_workflow_view, workflow_view};
+use crate::views::{self, plan_run, saved_workflow_view, schedule_spec, workflow_view};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -23,8 +23,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// The body is the workflow document as YAML (`application/yaml`,
 /// `application/x-yaml`, `text/yaml`) or JSON (`application/json`);
 /// `project` and `name` in it are optional and must match the URL.
-/// 201 when a version was written, 200 when the document equals the latest
-/// version (nothing written).
+/// 201 when a version was written, 200 when the workflow equals the latest
+/// version. A `schedule` in the document is stored too, after the
+/// workflow (a new one starts offline, a changed one stays online or
+/// offline); a document without `schedule` leaves a stored schedule alone,
+/// so that files written before schedules existed, or tools that do not
+/// know them, never drop one (`PUT …/schedule` and the online/offline
+/// switches manage it).
 #[utoipa::path(
     put,
     path = "/projects/{project}/workflows/{name}",
@@ -36,8 +41,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     ),
     responses(
         (status = 201, description = "A new version was stored", body = SavedWorkflowView),
-        (status = 200, description = "Unchanged: same as the latest version", body = SavedWorkflowView),
-        (status = 400, description = "Invalid document; `field` is the path of the mistake", body = ErrorBody),
+        (status = 200, description = "Unchanged: same as the latest version (its schedule may have changed)", body = SavedWorkflowView),
+        (status = 400, description = "Invalid document; `field` is the path of the mistake (`schedule.cron`); nothing is stored", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),
         (status = 415, description = "Neither YAML nor JSON", body = ErrorBody),
     )
@@ -59,8 +64,27 @@ async fn put_workflow(
     let project = state.project(&project).await?;
     let saved = state.store.save_workflow(project.id, &document.spec).await?;
     tracing::info!(project = %project.name, workflow = %name, version = saved.version, created = saved.created, "workflow saved");
+    let schedule = match &document.schedule {
+        None => None,
+        Some(spec) => {
+            let stored = state.store.schedule(saved.id).await?;
+            let change = match &stored {
+                None => "created",
+                Some(s) if &schedule_spec(s) == spec => "unchanged",
+                Some(_) => "changed",
+            };
+            // Unchanged: not written, so its `updated_at` keeps saying when
+            // it last changed.
+            let schedule = match stored {
+                Some(s) if change == "unchanged" => s,
+                _ => state.store.set_schedule(saved.id, spec).await?,
+            };
+            tracing::info!(project = %project.name, workflow = %name, schedule = %schedule.id, change, online = schedule.online, "workflow schedule saved");
+            Some(SavedSchedule { change: change.to_owned(), online: schedule.online })
+        }
+    };
     let status = if saved.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(saved_workflow_view(&name, &saved))))
+    Ok((status, Json(saved_workflow_view(&name, &saved, schedule))))
 }
 
 /// List (or search) the workflows of a project.
@@ -81,7 +105,8 @@ async fn list_workflows(
     Ok(Json(found.into_iter().map(WorkflowSummaryView::from).collect()))
 }
 
-/// Get a workflow as its document: the latest version or `?version=N`.
+/// Get a workflow as its document: the latest version or `?version=N`,
+/// with the workflow's schedule (if it has one) as `schedule`.
 #[utoipa::path(
     get,
     path = "/projects/{project}/workflows/{name}",
@@ -100,7 +125,9 @@ async fn get_workflow(
 ) -> ApiResult<Json<WorkflowView>> {
     let version = views::version(query)?;
     let project = state.project(&project).await?;
-    Ok(Json(workflow_view(&state.workflow(&project, &name, version).await?)))
+    let def = state.workflow(&project, &name, version).await?;
+    let schedule = state.store.schedule(def.id).await?;
+    Ok(Json(workflow_view(&def, schedule.as_ref())))
 }
 
 /// A workflow's version history, newest first.

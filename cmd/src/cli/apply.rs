@@ -5,11 +5,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use sluice_api::types::ScheduleBody;
 use sluice_spec::WorkflowDocument;
 use sluice_tasks::TaskPlugins;
 
 use super::client::{Client, ClientError};
-use super::ERROR;
+use super::{output, ERROR};
 
 const EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
 
@@ -74,7 +75,14 @@ pub fn validate(paths: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for file in files {
         match check(&file, &plugins) {
-            Ok(checked) => println!("ok: {}/{} ({} tasks)", checked.project, checked.doc.spec.name, checked.tasks),
+            Ok(checked) => match &checked.doc.schedule {
+                None => println!("ok: {}/{} ({} tasks)", checked.project, checked.doc.spec.name, checked.tasks),
+                Some(schedule) => {
+                    let body: ScheduleBody =
+                        serde_json::from_value(sluice_spec::schedule_to_value(schedule)).expect("a schedule's document form");
+                    println!("ok: {}/{} ({} tasks; schedule: {})", checked.project, checked.doc.spec.name, checked.tasks, output::trigger(&body));
+                }
+            },
             Err(error) => {
                 eprintln!("{error}");
                 failed = true;
@@ -128,7 +136,12 @@ async fn store(client: &Client, checked: &Checked, projects: &mut BTreeSet<Strin
     let name = &checked.doc.spec.name;
     let saved = client.put_workflow(&checked.project, name, checked.text.clone(), content_type).await?.value;
     let what = if saved.created { "created" } else { "unchanged" };
-    Ok(format!("{}/{} version {} ({what})", checked.project, saved.name, saved.version))
+    let mut line = format!("{}/{} version {} ({what})", checked.project, saved.name, saved.version);
+    if let Some(schedule) = &saved.schedule {
+        let state = if schedule.online { "online" } else { "offline" };
+        line.push_str(&format!(", schedule {} ({state})", schedule.change));
+    }
+    Ok(line)
 }
 
 #[cfg(test)]
@@ -172,6 +185,14 @@ mod tests {
         let checked = check(&json, &TaskPlugins::builtin()).unwrap();
         assert!(checked.json);
         assert_eq!((checked.project.as_str(), checked.tasks), ("p", 1));
+    }
+
+    #[test]
+    fn the_scheduled_example_is_valid_and_starts_offline() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hourly_report.yaml");
+        let checked = check(&file, &TaskPlugins::builtin()).unwrap();
+        assert_eq!((checked.project.as_str(), checked.doc.spec.name.as_str()), ("demo", "hourly_report"));
+        assert!(checked.doc.schedule.is_some(), "the example shows a schedule");
     }
 
     #[test]

@@ -187,6 +187,46 @@ impl Client {
     pub async fn kill(&self, task_instance: i64) -> Result<Answer<RequestAccepted>, ClientError> {
         self.call(self.request(Method::POST, &["task-instances", &task_instance.to_string(), "kill"])).await
     }
+
+    /// `POST /workflow-instances/{id}/{action}`: `rerun`, `recover`,
+    /// `pause`, `resume` (and `stop`).
+    pub async fn instance_action(&self, id: i64, action: &str) -> Result<Answer<RequestAccepted>, ClientError> {
+        self.call(self.request(Method::POST, &["workflow-instances", &id.to_string(), action])).await
+    }
+
+    pub async fn force_success(&self, task_instance: i64) -> Result<Answer<RequestAccepted>, ClientError> {
+        self.call(self.request(Method::POST, &["task-instances", &task_instance.to_string(), "force-success"])).await
+    }
+
+    pub async fn schedule(&self, project: &str, workflow: &str) -> Result<Answer<ScheduleView>, ClientError> {
+        self.call(self.request(Method::GET, &["projects", project, "workflows", workflow, "schedule"])).await
+    }
+
+    pub async fn schedule_online(&self, project: &str, workflow: &str, online: bool) -> Result<Answer<ScheduleView>, ClientError> {
+        let switch = if online { "online" } else { "offline" };
+        self.call(self.request(Method::POST, &["projects", project, "workflows", workflow, "schedule", switch])).await
+    }
+
+    pub async fn schedule_preview(
+        &self,
+        project: &str,
+        workflow: &str,
+        query: &PreviewQuery,
+    ) -> Result<Answer<SchedulePreview>, ClientError> {
+        let mut url = self.url(&["projects", project, "workflows", workflow, "schedule", "preview"]);
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (key, value) in [("count", &query.count), ("after", &query.after)] {
+                if let Some(value) = value {
+                    pairs.append_pair(key, value);
+                }
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        self.call(self.http.get(url)).await
+    }
 }
 
 /// The start of a body that is not the API's JSON, on one line.

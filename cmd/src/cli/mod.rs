@@ -1,15 +1,18 @@
 //! The command-line client: `apply`, `validate`, `run`, `status`,
-//! `instances`, `stop`, `kill`. Everything but `validate` goes through the
+//! `instances`, `stop`, `kill`, `rerun`, `recover`, `pause`, `resume`,
+//! `force-success`, `schedule`. Everything but `validate` goes through the
 //! REST API; nothing here touches the database or the registry.
 //!
-//! Exit codes: 0 done; 1 a workflow instance `run --wait` waited on failed or
+//! Exit codes: 0 done; 1 a workflow instance `--wait` waited on failed or
 //! was stopped; 2 the command could not be done (bad usage or input, the
 //! server refused or could not be reached).
 
 mod apply;
 mod client;
+mod commands;
 mod output;
 mod run;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +91,28 @@ pub enum ClientCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Rerun a finished workflow instance: every task again, in the same instance.
+    Rerun(commands::RestartArgs),
+    /// Recover a failed or stopped workflow instance: its failed and killed
+    /// tasks run again with what is below them; succeeded tasks are kept.
+    Recover(commands::RestartArgs),
+    /// Pause a running workflow instance: running tasks finish, nothing new starts.
+    Pause {
+        /// Workflow instance id.
+        id: i64,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Resume a paused workflow instance.
+    Resume(commands::RestartArgs),
+    /// Mark a failed or killed task instance successful so that what is
+    /// below it runs (a failed or stopped instance is restarted for that).
+    ForceSuccess(commands::ForceSuccessArgs),
+    /// Show a workflow's schedule, switch it online or offline, or preview
+    /// its next fire times.
+    Schedule(schedule::ScheduleArgs),
 }
 
 #[derive(Args)]
@@ -165,6 +190,12 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ClientCommand::Rerun(args) => commands::restart("rerun", args).await,
+        ClientCommand::Recover(args) => commands::restart("recover", args).await,
+        ClientCommand::Pause { id, server, output } => commands::pause(id, server, output).await,
+        ClientCommand::Resume(args) => commands::restart("resume", args).await,
+        ClientCommand::ForceSuccess(args) => commands::force_success(args).await,
+        ClientCommand::Schedule(args) => schedule::schedule(args).await,
         ClientCommand::Kill { task_id, server, output } => {
             let answer = server.client()?.kill(task_id).await?;
             match output.output {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local, Utc};
 use serde_json::Value;
-use sluice_api::types::{TaskInstanceView, WorkflowInstanceView};
+use sluice_api::types::{ScheduleBody, ScheduleView, SchedulePreview, TaskInstanceView, WorkflowInstanceView};
 
 /// `--output`: tables for people, or the API's JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -166,6 +166,50 @@ pub fn instances(items: &[WorkflowInstanceView]) -> String {
     table.render()
 }
 
+/// `cron 0 30 2 * * ? in Asia/Shanghai`, `every 5m, 10 times`.
+pub fn trigger(body: &ScheduleBody) -> String {
+    match (&body.cron, &body.every) {
+        (Some(cron), _) => format!("cron {cron} in {}", body.timezone.as_deref().unwrap_or("UTC")),
+        (None, Some(every)) => match body.times {
+            Some(1) => format!("every {every}, once"),
+            Some(times) => format!("every {every}, {times} times"),
+            None => format!("every {every}"),
+        },
+        (None, None) => "-".into(),
+    }
+}
+
+/// `sluice schedule P/W` (and `online`, `offline`).
+pub fn schedule(view: &ScheduleView) -> String {
+    let state = if view.online { "online" } else { "offline" };
+    let body = &view.schedule;
+    let mut table = Table::new(&["", ""]);
+    table.row(vec!["schedule".into(), trigger(body)]);
+    table.row(vec!["start".into(), body.start.clone().unwrap_or_else(|| "-".into())]);
+    table.row(vec!["end".into(), body.end.clone().unwrap_or_else(|| "-".into())]);
+    table.row(vec!["misfire".into(), body.misfire.clone().unwrap_or_else(|| "-".into())]);
+    table.row(vec!["last fire".into(), time(view.last_fire)]);
+    // The table's empty header line is not wanted.
+    let rows = table.render();
+    let rows = rows.split_once('\n').map(|(_, rest)| rest).unwrap_or_default();
+    format!("{}/{}: {state}\n{rows}", view.project, view.workflow)
+}
+
+/// `sluice schedule P/W preview`: one fire time a line, after a header.
+pub fn preview(preview: &SchedulePreview) -> String {
+    let name = format!("{}/{}", preview.project, preview.workflow);
+    if preview.times.is_empty() {
+        return format!("{name} will not fire again (past its end, or its times used up)\n");
+    }
+    let offline = if preview.online { "" } else { "; offline: these fire once it is online" };
+    let mut out = format!("next {} fire times of {name} ({}{offline})\n", preview.times.len(), preview.timezone);
+    for t in &preview.times {
+        out.push_str(t);
+        out.push('\n');
+    }
+    out
+}
+
 /// The progress of `sluice run --wait` on stderr: one line redrawn in
 /// place on a terminal, a new line for each change otherwise (logs, CI).
 pub struct Progress {
@@ -235,6 +279,50 @@ mod tests {
              1   extract_orders  success\n\
              12  load            -\n"
         );
+    }
+
+    #[test]
+    fn schedules_read_as_their_file_writes_them() {
+        let now = Utc::now();
+        let view = ScheduleView {
+            project: "demo".into(),
+            workflow: "nightly".into(),
+            online: false,
+            schedule: ScheduleBody {
+                cron: Some("0 30 2 * * ?".into()),
+                timezone: Some("Asia/Shanghai".into()),
+                start: Some("2026-01-01".into()),
+                misfire: Some("run_once".into()),
+                ..Default::default()
+            },
+            last_fire: None,
+            created_at: now,
+            updated_at: now,
+        };
+        assert_eq!(
+            schedule(&view),
+            "demo/nightly: offline\n\
+             schedule   cron 0 30 2 * * ? in Asia/Shanghai\n\
+             start      2026-01-01\n\
+             end        -\n\
+             misfire    run_once\n\
+             last fire  -\n"
+        );
+        let every = ScheduleBody { every: Some("5m".into()), times: Some(10), ..Default::default() };
+        assert_eq!(trigger(&every), "every 5m, 10 times");
+        let mut p = SchedulePreview {
+            project: "demo".into(),
+            workflow: "nightly".into(),
+            timezone: "America/New_York".into(),
+            online: true,
+            times: vec!["2026-03-08T03:00:00-04:00".into(), "2026-03-09T02:30:00-04:00".into()],
+        };
+        assert_eq!(
+            preview(&p),
+            "next 2 fire times of demo/nightly (America/New_York)\n2026-03-08T03:00:00-04:00\n2026-03-09T02:30:00-04:00\n"
+        );
+        p.times.clear();
+        assert!(preview(&p).contains("will not fire again"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn names(values: impl Iterator<Item = &'static str>) -> PossibleValuesParser {
     PossibleValuesParser::new(values)
 }
 
-fn target(text: &str) -> Result<(String, String), String> {
+pub(super) fn target(text: &str) -> Result<(String, String), String> {
     match text.split_once('/') {
         Some((project, workflow)) if !project.is_empty() && !workflow.is_empty() && !workflow.contains('/') => {
             Ok((project.to_owned(), workflow.to_owned()))
@@ -108,21 +108,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !json {
         println!("instance {id}: {project}/{workflow} version {} ({})", accepted.version, tasks_text(accepted.tasks.len()));
     }
-    let (end, end_json) = wait(&client, id, accepted.tasks.len()).await?;
+    let (end, end_json) = wait(&client, id, Some(accepted.tasks.len()), None).await?;
+    Ok(ended(&end, &end_json, Some(accepted.tasks.len()), json))
+}
+
+/// Prints how a followed instance ended (its summary, or its JSON) and
+/// returns the exit code: 0 if it succeeded, 1 if not.
+pub(super) fn ended(end: &WorkflowInstanceView, end_json: &serde_json::Value, total: Option<usize>, json: bool) -> ExitCode {
     if json {
-        output::print_json(&end_json);
+        output::print_json(end_json);
     } else {
-        println!("{}", summary(&end, accepted.tasks.len()));
+        println!("{}", summary(end, total.unwrap_or_else(|| tasks(end).len())));
     }
-    Ok(if end.state == WorkflowState::Success.as_str() { ExitCode::SUCCESS } else { ExitCode::from(FAILED) })
+    if end.state == WorkflowState::Success.as_str() { ExitCode::SUCCESS } else { ExitCode::from(FAILED) }
 }
 
 fn tasks_text(n: usize) -> String {
     if n == 1 { "1 task".into() } else { format!("{n} tasks") }
 }
 
-/// Polls the instance until it ends, showing progress; returns its last view.
-async fn wait(client: &Client, id: i64, total: usize) -> anyhow::Result<(WorkflowInstanceView, serde_json::Value)> {
+/// Polls the instance until it ends, showing progress; returns its last
+/// view. `total` is the number of tasks the run includes (unknown: those
+/// the instance has); with `run`, the instance must first reach that run
+/// (a rerun or recover that a master has not started yet still shows the
+/// previous run's end).
+pub(super) async fn wait(
+    client: &Client,
+    id: i64,
+    total: Option<usize>,
+    run: Option<u32>,
+) -> anyhow::Result<(WorkflowInstanceView, serde_json::Value)> {
     let mut progress = Progress::on_stderr();
     loop {
         let answer = match client.instance(id).await {
@@ -132,11 +147,16 @@ async fn wait(client: &Client, id: i64, total: usize) -> anyhow::Result<(Workflo
                 return Err(error.into());
             }
         };
-        if is_final(&answer.value) {
+        let started = run.is_none_or(|run| answer.value.run >= run);
+        if started && is_final(&answer.value) {
             progress.finish();
             return Ok((answer.value, answer.json));
         }
-        progress.show(&progress_line(&answer.value, total));
+        let line = match run {
+            Some(run) if !started => format!("instance {id} {}: waiting for a master to start run {run}", answer.value.state),
+            _ => progress_line(&answer.value, total.unwrap_or_else(|| tasks(&answer.value).len())),
+        };
+        progress.show(&line);
         tokio::time::sleep(POLL).await;
     }
 }

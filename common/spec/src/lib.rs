@@ -21,16 +21,24 @@
 //!     type: python
 //!     script: print("load")
 //!     deps: [extract]
+//! schedule: {cron: "0 30 2 * * ?", timezone: Asia/Shanghai, start: 2026-01-01, misfire: run_once}
 //! ```
 //!
 //! Keys a task's type does not define are refused; type-specific keys
-//! (`script`, ...) become the task's `body`, checked by its plugin.
+//! (`script`, ...) become the task's `body`, checked by its plugin. The
+//! optional `schedule` is read by [`schedule_from_value`]; a document
+//! without one says nothing about the workflow's schedule (the
+//! API leaves a stored one as it is).
+
+mod schedule;
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use sluice_domain::*;
 use sluice_tasks::TaskPlugins;
+
+pub use schedule::{schedule_from_value, schedule_to_value, schedule_zone, zoned_text, MIN_EVERY};
 
 /// A mistake in a workflow document, at `field` (a path such as
 /// `tasks[1].timeout`), or in the document as a whole.
@@ -41,7 +49,7 @@ pub struct DocumentError {
     pub message: String,
 }
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> DocumentError {
+pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> DocumentError {
     DocumentError { field: Some(field.into()), message: message.into() }
 }
 
@@ -56,10 +64,13 @@ fn whole(message: impl Into<String>) -> DocumentError {
 pub struct WorkflowDocument {
     pub project: Option<String>,
     pub spec: WorkflowSpec,
+    /// When the workflow fires by itself; `None` when the document has no
+    /// `schedule` key.
+    pub schedule: Option<ScheduleSpec>,
 }
 
 const WORKFLOW_KEYS: &[&str] =
-    &["project", "name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks"];
+    &["project", "name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks", "schedule"];
 const TASK_KEYS: &[&str] = &[
     "name",
     "type",
@@ -102,8 +113,13 @@ pub fn from_value(value: Value) -> Result<WorkflowDocument, DocumentError> {
         Some(other) => return Err(err("tasks", format!("expected a list of tasks, got {}", kind(&other)))),
     };
     let tasks = tasks.into_iter().enumerate().map(|(i, t)| task(i, t)).collect::<Result<Vec<_>, _>>()?;
+    let schedule = match doc.remove("schedule") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(schedule_from_value(value, "schedule")?),
+    };
     Ok(WorkflowDocument {
         project,
+        schedule,
         spec: WorkflowSpec {
             name,
             description: opt_text(&mut doc, "description", "description")?.unwrap_or_default(),
@@ -159,7 +175,7 @@ fn task(index: usize, value: Value) -> Result<TaskSpec, DocumentError> {
     Ok(spec)
 }
 
-fn kind(value: &Value) -> &'static str {
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -170,7 +186,7 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn opt_text(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, DocumentError> {
+pub(crate) fn opt_text(map: &mut Map<String, Value>, key: &str, path: &str) -> Result<Option<String>, DocumentError> {
     match map.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -257,8 +273,9 @@ impl WorkflowDocument {
 }
 
 /// The document form of a stored workflow (type-specific keys back at the
-/// task's top level), as JSON; render it as YAML with [`to_yaml`].
-pub fn to_value(project: &str, spec: &WorkflowSpec) -> Value {
+/// task's top level) and its schedule, as JSON; render it as YAML with
+/// [`to_yaml`].
+pub fn to_value(project: &str, spec: &WorkflowSpec, schedule: Option<&ScheduleSpec>) -> Value {
     let mut doc = Map::new();
     doc.insert("project".into(), project.into());
     doc.insert("name".into(), spec.name.clone().into());
@@ -306,6 +323,9 @@ pub fn to_value(project: &str, spec: &WorkflowSpec) -> Value {
         })
         .collect();
     doc.insert("tasks".into(), Value::Array(tasks));
+    if let Some(schedule) = schedule {
+        doc.insert("schedule".into(), schedule_to_value(schedule));
+    }
     Value::Object(doc)
 }
 
@@ -314,8 +334,8 @@ fn humantime_text(d: Duration) -> String {
 }
 
 /// The document as YAML.
-pub fn to_yaml(project: &str, spec: &WorkflowSpec) -> String {
-    serde_yaml_ng::to_string(&to_value(project, spec)).expect("documents render as YAML")
+pub fn to_yaml(project: &str, spec: &WorkflowSpec, schedule: Option<&ScheduleSpec>) -> String {
+    serde_yaml_ng::to_string(&to_value(project, spec, schedule)).expect("documents render as YAML")
 }
 
 #[cfg(test)]
@@ -343,6 +363,7 @@ tasks:
     type: python
     script: print("load")
     deps: [extract]
+schedule: {cron: "0 30 2 * * ?", timezone: Asia/Shanghai, start: 2026-01-01, end: 2027-01-01, misfire: run_once}
 "#;
 
     fn plugins() -> TaskPlugins {
@@ -372,6 +393,19 @@ tasks:
         assert_eq!((extract.timeout_strategy, extract.priority), (TimeoutStrategy::Fail, Priority::High));
         assert_eq!(extract.body["script"], "echo \"extract ${dt}\"");
         assert_eq!(spec.tasks[1].deps, ["extract"]);
+        let schedule = doc.schedule.as_ref().expect("a schedule");
+        assert_eq!(schedule.trigger, Trigger::Cron { expression: "0 30 2 * * ?".into(), timezone: "Asia/Shanghai".into() });
+        assert_eq!(schedule.start.unwrap().to_rfc3339(), "2025-12-31T16:00:00+00:00", "midnight in Shanghai");
+        assert_eq!(schedule.misfire, MisfirePolicy::RunOnce);
+    }
+
+    #[test]
+    fn a_document_without_a_schedule_has_none() {
+        let doc = parse_yaml("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: null\n").unwrap();
+        assert_eq!(doc.schedule, None);
+        assert!(to_value("p", &doc.spec, None).get("schedule").is_none());
+        let doc = parse_yaml("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: {every: 5m, times: 10}\n").unwrap();
+        assert_eq!(doc.schedule.unwrap().trigger, Trigger::Interval { every: Duration::from_secs(300), times: Some(10) });
     }
 
     #[test]
@@ -384,9 +418,12 @@ tasks:
     #[test]
     fn documents_round_trip() {
         let doc = parse_yaml(EXAMPLE).unwrap();
-        let again = parse_yaml(&to_yaml("demo", &doc.spec)).unwrap();
+        let yaml = to_yaml("demo", &doc.spec, doc.schedule.as_ref());
+        let again = parse_yaml(&yaml).unwrap();
         assert_eq!(again.spec.normalized(), doc.spec.normalized());
         assert_eq!(again.project.as_deref(), Some("demo"));
+        assert_eq!(again.schedule, doc.schedule, "{yaml}");
+        assert_eq!(to_value("demo", &doc.spec, doc.schedule.as_ref())["schedule"]["start"], "2026-01-01");
     }
 
     #[test]
@@ -403,6 +440,14 @@ tasks:
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\n  - {name: b, type: shell, script: x, retires: 2}\n",
              "tasks[1].retires: unknown field, expected one of: name, type, description, deps, params, retries, retry_interval, timeout, timeout_strategy, priority, worker_group, script"),
             ("name: w\nschedulle: daily\ntasks: []\n", "schedulle: unknown field"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: {cron: '0 61 2 * * ?'}\n",
+             "schedule.cron: invalid cron expression `0 61 2 * * ?`: minutes field"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: {cron: '0 0 2 * * ?', timezone: Mars/Olympus}\n",
+             "schedule.timezone: `Mars/Olympus`: unknown time zone"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: {cron: '0 0 2 * * ?', misfir: skip}\n",
+             "schedule.misfir: unknown field"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: {every: 0s}\n", "schedule.every: `0s` is too short"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: daily\n", "schedule: a schedule is a mapping"),
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x, timeout: 10 parsecs}\n", "tasks[0].timeout: invalid duration `10 parsecs`"),
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x, retries: -1}\n", "tasks[0].retries: expected a count (0 or more), got -1"),
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x, priority: urgent}\n", "tasks[0].priority: unknown Priority `urgent`"),
