@@ -43,7 +43,8 @@ pub struct Sandbox {
     registries: Registries,
     database: Database,
     api: ApiServer,
-    masters: Vec<Master>,
+    /// Each master with its own registry session.
+    masters: Vec<(Master, Arc<dyn Registry>)>,
     workers: Vec<Worker>,
     sessions: Vec<Arc<dyn Registry>>,
     dir: tempfile::TempDir,
@@ -152,11 +153,12 @@ impl Sandbox {
         let config = MasterConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             command_interval: Duration::from_millis(20),
+            failover_grace: Duration::from_millis(500),
             ..MasterConfig::default()
         };
-        let mut master = Master::new(config, store, registry);
+        let mut master = Master::new(config, store, registry.clone());
         master.start().await.expect("start master");
-        self.masters.push(master);
+        self.masters.push((master, registry));
     }
 
     /// Starts a worker serving `groups` with `slots` slots.
@@ -263,15 +265,32 @@ impl Sandbox {
 
     /// Stops the master that fires schedules; returns whether one did.
     pub async fn stop_cron_leader(&mut self) -> bool {
-        let Some(i) = self.masters.iter().position(|m| m.is_cron_leader()) else { return false };
-        let mut master = self.masters.remove(i);
+        let Some(i) = self.masters.iter().position(|(m, _)| m.is_cron_leader()) else { return false };
+        let (mut master, _) = self.masters.remove(i);
         master.stop().await.expect("stop master");
         true
     }
 
     /// Whether some master fires schedules now.
     pub fn has_cron_leader(&self) -> bool {
-        self.masters.iter().any(|m| m.is_cron_leader())
+        self.masters.iter().any(|(m, _)| m.is_cron_leader())
+    }
+
+    /// Addresses of the running masters.
+    pub fn master_addrs(&self) -> Vec<String> {
+        self.masters.iter().filter_map(|(m, _)| m.addr()).collect()
+    }
+
+    /// Kills the master at `addr` as a crash would: its work stops at once,
+    /// nothing is handed over, and its registry session ends (its node
+    /// disappears, as when a dead process's session expires). Cluster only:
+    /// in standalone every role shares one session.
+    pub async fn crash_master(&mut self, addr: &str) {
+        assert!(matches!(self.registries, Registries::ZooKeeper { .. }), "crash_master needs a cluster sandbox");
+        let i = self.masters.iter().position(|(m, _)| m.addr().as_deref() == Some(addr)).expect("a master at that address");
+        let (mut master, session) = self.masters.remove(i);
+        master.crash();
+        session.close().await;
     }
 
     /// Stops every role (workers first, so they report what they ran).
@@ -279,7 +298,7 @@ impl Sandbox {
         for mut worker in self.workers.drain(..) {
             let _ = worker.stop().await;
         }
-        for mut master in self.masters.drain(..) {
+        for (mut master, _) in self.masters.drain(..) {
             let _ = master.stop().await;
         }
         let _ = self.api.stop().await;

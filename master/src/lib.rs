@@ -6,6 +6,7 @@
 mod commands;
 mod cron;
 mod driver;
+mod failover;
 mod rpc;
 mod workers;
 
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Whether this master holds `locks/cron` right now.
     pub cron_leader: std::sync::atomic::AtomicBool,
+    /// Masters whose failover this master is running.
+    pub failovers: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -106,6 +109,7 @@ impl Role for Master {
             workers: WorkerClients::default(),
             shutdown: CancellationToken::new(),
             cron_leader: std::sync::atomic::AtomicBool::new(false),
+            failovers: Mutex::new(std::collections::HashSet::new()),
         });
 
         let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));
@@ -141,17 +145,14 @@ impl Role for Master {
         );
         self.tasks.push(tokio::spawn(commands::command_loop(shared.clone())));
         self.tasks.push(tokio::spawn(cron::cron_loop(shared.clone())));
+        self.tasks.push(tokio::spawn(failover::failover_loop(shared.clone())));
         self.shared = Some(shared);
         tracing::info!(%addr, "master registered");
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), RoleError> {
-        if let Some(shared) = &self.shared {
-            // Drivers leave their instances as they are: another master (or
-            // this one restarted) adopts them.
-            shared.shutdown.cancel();
-        }
+        self.halt();
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
@@ -159,5 +160,27 @@ impl Role for Master {
             heartbeat.stop().await;
         }
         Ok(())
+    }
+}
+
+impl Master {
+    /// Stops everything this master does at once, as a crash would, leaving
+    /// its registry node to its session (tests close the session to play a
+    /// dead master).
+    pub fn crash(&mut self) {
+        self.halt();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        // Dropping stops the refresh but leaves the node: like a crash.
+        drop(self.heartbeat.take());
+    }
+
+    fn halt(&self) {
+        if let Some(shared) = &self.shared {
+            // Drivers leave their instances as they are: another master (or
+            // this one restarted) adopts them.
+            shared.shutdown.cancel();
+        }
     }
 }

@@ -40,13 +40,22 @@ impl MasterRpc {
             .map_err(|e| Status::unavailable(e.to_string()))?
             .is_none_or(|i| i.state.is_final());
         if stale || instance_over {
-            Ok(TaskEventReply { accepted: true, reason: "stale event ignored".into() })
-        } else {
-            Ok(TaskEventReply {
-                accepted: false,
-                reason: format!("master {} does not drive workflow instance {}", self.shared.addr, event.workflow_instance_id),
-            })
+            return Ok(TaskEventReply { accepted: true, reason: "stale event ignored".into(), owner: String::new() });
         }
+        // Point the worker at the owner; if that is this master (it is
+        // adopting the instance right now), the worker just resends.
+        let owner = store
+            .workflow_instance(WorkflowInstanceId(event.workflow_instance_id))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .and_then(|i| i.owner)
+            .filter(|o| *o != self.shared.addr)
+            .unwrap_or_default();
+        Ok(TaskEventReply {
+            accepted: false,
+            reason: format!("master {} does not drive workflow instance {}", self.shared.addr, event.workflow_instance_id),
+            owner,
+        })
     }
 }
 
@@ -63,10 +72,10 @@ impl MasterService for MasterRpc {
                     self.event_for_undriven(&copy).await?
                 } else {
                     match acked.await {
-                        Ok(true) => TaskEventReply { accepted: true, reason: String::new() },
+                        Ok(true) => TaskEventReply { accepted: true, reason: String::new(), owner: String::new() },
                         // The driver stopped (shutdown or fenced) before
                         // persisting it: the worker must resend.
-                        _ => TaskEventReply { accepted: false, reason: "instance driver stopped".into() },
+                        _ => TaskEventReply { accepted: false, reason: "instance driver stopped".into(), owner: String::new() },
                     }
                 }
             }

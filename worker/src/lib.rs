@@ -234,7 +234,7 @@ impl Worker {
             kill_grace: self.config.kill_grace,
             plugins: self.plugins.clone(),
             running,
-            outbox: Outbox::new(),
+            outbox: Outbox::new(self.registry.clone()),
         });
 
         let heartbeats = match self.register(&shared, slots, work_dir).await {

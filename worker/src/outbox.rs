@@ -6,6 +6,12 @@
 //! them in order, resending each (with backoff) until the master accepts it.
 //! Delivery is at least once: the master ignores repeats. Task runners only
 //! ever enqueue, so a master that is down or slow never holds a task up.
+//!
+//! After a master failover the instance has a new owner. A master that
+//! refuses an event names the owner, and the event (and the task's later
+//! events) go there; when the addressed master cannot be reached for a
+//! while, any live master is asked instead, which answers or names the
+//! owner. A task's events stay in one queue, so their order is kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,7 @@ use std::time::Duration;
 
 use sluice_proto::v1::master_service_client::MasterServiceClient;
 use sluice_proto::v1::TaskEventRequest;
+use sluice_registry::{paths, Registry};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
@@ -26,12 +33,19 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// that is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed attempts on one master before asking the live ones.
+const ASK_OTHERS_AFTER: u32 = 3;
 
 pub(crate) struct Outbox {
     /// `None` once closed.
     senders: Mutex<Option<HashMap<String, Sender>>>,
     /// Events enqueued and not yet accepted, over all masters.
     pending: watch::Sender<usize>,
+    /// Where a task's events go when not to the master of its dispatch.
+    routes: Mutex<HashMap<i64, String>>,
+    /// One channel per master address.
+    clients: Mutex<HashMap<String, MasterServiceClient<Channel>>>,
+    registry: Arc<dyn Registry>,
 }
 
 struct Sender {
@@ -40,11 +54,41 @@ struct Sender {
 }
 
 impl Outbox {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(registry: Arc<dyn Registry>) -> Arc<Self> {
         Arc::new(Outbox {
             senders: Mutex::new(Some(HashMap::new())),
             pending: watch::channel(0).0,
+            routes: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            registry,
         })
+    }
+
+    fn client(&self, master: &str) -> Option<MasterServiceClient<Channel>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(master) {
+            return Some(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{master}")).ok()?;
+        let client = MasterServiceClient::new(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT).connect_lazy());
+        clients.insert(master.to_owned(), client.clone());
+        Some(client)
+    }
+
+    fn route(&self, task: i64) -> Option<String> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&task).cloned()
+    }
+
+    fn reroute(&self, task: i64, master: &str) {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).insert(task, master.to_owned());
+    }
+
+    /// Live masters other than `except`.
+    async fn live_masters(&self, except: &str) -> Vec<String> {
+        match self.registry.members(&paths::masters_dir()).await {
+            Ok(members) => members.into_iter().map(|m| m.name).filter(|m| m != except).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Queues `event` for `master`; returns at once.
@@ -104,63 +148,75 @@ impl Outbox {
 }
 
 /// The sender of one master: delivers its events one at a time, in order.
-async fn deliver(
-    outbox: Arc<Outbox>,
-    master: String,
-    mut queue: mpsc::UnboundedReceiver<TaskEventRequest>,
-) {
-    let client = match Endpoint::from_shared(format!("http://{master}")) {
-        Ok(endpoint) => MasterServiceClient::new(
-            endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(REQUEST_TIMEOUT)
-                .connect_lazy(),
-        ),
-        Err(e) => {
-            // No retry can fix an address that does not parse: drop what
-            // comes, loudly, rather than hold the worker's stop for it.
-            error!(%master, error = %e, "master address is not a valid host:port; dropping its task events");
-            while let Some(event) = queue.recv().await {
-                error!(%master, task_instance = event.task_instance_id, attempt = event.attempt, "task event dropped");
-                outbox.delivered();
-            }
-            return;
+async fn deliver(outbox: Arc<Outbox>, master: String, mut queue: mpsc::UnboundedReceiver<TaskEventRequest>) {
+    if outbox.client(&master).is_none() {
+        // No retry can fix an address that does not parse: drop what
+        // comes, loudly, rather than hold the worker's stop for it.
+        error!(%master, "master address is not a valid host:port; dropping its task events");
+        while let Some(event) = queue.recv().await {
+            error!(%master, task_instance = event.task_instance_id, attempt = event.attempt, "task event dropped");
+            outbox.delivered();
         }
-    };
+        return;
+    }
     while let Some(event) = queue.recv().await {
-        deliver_one(&client, &master, event).await;
+        deliver_one(&outbox, &master, event).await;
         outbox.delivered();
     }
 }
 
-async fn deliver_one(client: &MasterServiceClient<Channel>, master: &str, event: TaskEventRequest) {
+/// Sends `event` until a master accepts it: the task's current route (the
+/// dispatch's master at first), the owner a master names, or, while the
+/// route is unreachable, any live master.
+async fn deliver_one(outbox: &Outbox, master: &str, event: TaskEventRequest) {
+    let task = event.task_instance_id;
     let mut wait = FIRST_RETRY;
     let mut failures = 0u32;
+    let mut unreachable = 0u32;
     loop {
-        // Cloning the client is cheap (it shares the channel) and needed
-        // because a call takes it mutably.
-        match client.clone().report_task_event(event.clone()).await {
-            Ok(reply) if reply.get_ref().accepted => {
-                if failures > 0 {
-                    info!(%master, task_instance = event.task_instance_id, attempt = event.attempt, failures, "task event delivered after retries");
-                } else {
-                    debug!(%master, task_instance = event.task_instance_id, attempt = event.attempt, "task event delivered");
+        let target = outbox.route(task).unwrap_or_else(|| master.to_owned());
+        let mut targets = vec![target.clone()];
+        if unreachable >= ASK_OTHERS_AFTER {
+            targets.extend(outbox.live_masters(&target).await);
+        }
+        for to in targets {
+            let Some(mut client) = outbox.client(&to) else { continue };
+            match client.report_task_event(event.clone()).await {
+                Ok(reply) if reply.get_ref().accepted => {
+                    if to != target {
+                        outbox.reroute(task, &to);
+                    }
+                    if failures > 0 {
+                        info!(master = %to, task_instance = task, attempt = event.attempt, failures, "task event delivered after retries");
+                    } else {
+                        debug!(master = %to, task_instance = task, attempt = event.attempt, "task event delivered");
+                    }
+                    return;
                 }
-                return;
-            }
-            Ok(reply) => {
-                // Kept: a failover will make some master the owner, and a
-                // later issue redirects the event to it.
-                let reason = &reply.get_ref().reason;
-                if failures == 0 {
-                    warn!(%master, task_instance = event.task_instance_id, attempt = event.attempt, %reason, "master refused task event; will resend");
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    if !reply.owner.is_empty() && reply.owner != target {
+                        info!(from = %target, to = %reply.owner, task_instance = task, "task events redirected to the instance's owner");
+                        outbox.reroute(task, &reply.owner);
+                        unreachable = 0;
+                        break;
+                    }
+                    if to == target {
+                        unreachable = 0;
+                    }
+                    if failures == 0 {
+                        warn!(master = %to, task_instance = task, attempt = event.attempt, reason = %reply.reason, "master refused task event; will resend");
+                    }
                 }
-            }
-            Err(status) => {
-                if failures == 0 {
-                    warn!(%master, task_instance = event.task_instance_id, attempt = event.attempt, error = %status.message(), code = ?status.code(), "cannot deliver task event; will resend");
-                } else {
-                    debug!(%master, task_instance = event.task_instance_id, failures, error = %status.message(), "task event still not delivered");
+                Err(status) => {
+                    if to == target {
+                        unreachable += 1;
+                    }
+                    if failures == 0 {
+                        warn!(master = %to, task_instance = task, attempt = event.attempt, error = %status.message(), code = ?status.code(), "cannot deliver task event; will resend");
+                    } else {
+                        debug!(master = %to, task_instance = task, failures, error = %status.message(), "task event still not delivered");
+                    }
                 }
             }
         }

@@ -59,12 +59,14 @@ impl MasterService for Recorder {
             return Ok(Response::new(TaskEventReply {
                 accepted: false,
                 reason: "not the owner".into(),
+                owner: String::new(),
             }));
         }
         let _ = self.events.send(request.into_inner());
         Ok(Response::new(TaskEventReply {
             accepted: true,
             reason: String::new(),
+            owner: String::new(),
         }))
     }
 }

@@ -1037,6 +1037,27 @@ macro_rules! store_impl {
                 .await
             }
 
+            async fn owners_with_work(&self) -> Result<Vec<String>> {
+                self.run(move |c: &mut Conn| {
+                    let mut owners: Vec<String> = workflow_instances::table
+                        .filter(workflow_instances::state.ne_all(AT_REST))
+                        .filter(workflow_instances::owner.is_not_null())
+                        .select(workflow_instances::owner.assume_not_null())
+                        .distinct()
+                        .load(c)?;
+                    let claiming: Vec<String> = commands::table
+                        .filter(commands::owner.is_not_null())
+                        .select(commands::owner.assume_not_null())
+                        .distinct()
+                        .load(c)?;
+                    owners.extend(claiming);
+                    owners.sort();
+                    owners.dedup();
+                    Ok(owners)
+                })
+                .await
+            }
+
             async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
                 if let Some(stray) = new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
                     return Err(StoreError::Conflict(format!(

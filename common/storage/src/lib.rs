@@ -122,6 +122,9 @@ pub trait Store: Send + Sync + 'static {
     async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance>;
     /// Non-final instances owned by `owner`.
     async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
+    /// Masters that own unfinished, not paused, instances or hold claimed
+    /// commands: the ones whose loss needs a failover.
+    async fn owners_with_work(&self) -> Result<Vec<String>>;
 
     // --- backfills
     async fn create_backfill(&self, new: &NewBackfill) -> Result<Backfill>;
