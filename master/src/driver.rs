@@ -74,7 +74,21 @@ pub(crate) fn spawn(shared: Arc<Shared>, instance: WorkflowInstance) {
     let id = instance.id;
     shared.drivers.lock().expect("drivers lock").insert(id, tx);
     tokio::spawn(async move {
-        let result = match Driver::load(shared.clone(), instance).await {
+        let mut wait = Duration::from_millis(100);
+        let loaded = loop {
+            match Driver::load(shared.clone(), instance.clone()).await {
+                Err(Abort::Store(error)) if error.is_retryable() => {
+                    tracing::warn!(workflow_instance = %id, %error, retry_in = ?wait, "database unavailable while loading; retrying");
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => break Err(Abort::Shutdown),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                other => break other,
+            }
+        };
+        let result = match loaded {
             Ok(mut driver) => driver.run(rx).await,
             Err(abort) => Err(abort),
         };
@@ -112,6 +126,28 @@ struct Driver {
     kill_on_start: HashMap<TaskNode, String>,
     stopping: bool,
     pausing: bool,
+}
+
+/// Runs a store call until it succeeds or fails for good: while the
+/// database is unreachable (a PostgreSQL restart, a network cut) the driver
+/// waits and retries with backoff instead of giving its instance up.
+macro_rules! persist {
+    ($driver:expr, $call:expr) => {{
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match $call.await {
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(workflow_instance = %$driver.instance.id, %error, retry_in = ?wait, "database unavailable; retrying");
+                    tokio::select! {
+                        _ = $driver.shared.shutdown.cancelled() => break Err(Abort::Shutdown),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => break other.map_err(Abort::from),
+            }
+        }
+    }};
 }
 
 fn ms_to_time(ms: i64) -> Timestamp {
@@ -500,7 +536,7 @@ impl Driver {
                 outputs: Some(Params::new()),
                 ..Default::default()
             };
-            let stored = self.shared.store.update_task_instance(self.fence, task.id, &update).await?;
+            let stored = persist!(self, self.shared.store.update_task_instance(self.fence, task.id, &update))?;
             tracing::info!(task_instance = %stored.id, attempt = stored.attempt, run = stored.run, "task runs again");
             self.tasks.insert(node, stored);
             self.dispatch(node).await?;
@@ -524,7 +560,7 @@ impl Driver {
                 }
             })
             .collect();
-        let created = self.shared.store.create_task_instances(self.fence, &news).await?;
+        let created = persist!(self, self.shared.store.create_task_instances(self.fence, &news))?;
         for (node, task) in ready.iter().zip(created) {
             self.tasks.insert(*node, task);
         }
@@ -643,7 +679,7 @@ impl Driver {
         let task = self.tasks.get(&node).expect("known task");
         let next = task.state.transition(event).map_err(|e| Abort::Broken(e.to_string()))?;
         update.state = Some(next);
-        let stored = self.shared.store.update_task_instance(self.fence, task.id, &update).await?;
+        let stored = persist!(self, self.shared.store.update_task_instance(self.fence, task.id, &update))?;
         self.tasks.insert(node, stored);
         Ok(())
     }
@@ -656,7 +692,7 @@ impl Driver {
     ) -> Result<(), Abort> {
         let next = self.instance.state.transition(event).map_err(|e| Abort::Broken(e.to_string()))?;
         let update = WorkflowUpdate { state: Some(next), start_time, end_time, ..Default::default() };
-        self.instance = self.shared.store.update_workflow_instance(self.fence, &update).await?;
+        self.instance = persist!(self, self.shared.store.update_workflow_instance(self.fence, &update))?;
         Ok(())
     }
 
