@@ -45,7 +45,8 @@ pub struct Sandbox {
     api: ApiServer,
     /// Each master with its own registry session.
     masters: Vec<(Master, Arc<dyn Registry>)>,
-    workers: Vec<Worker>,
+    /// Each worker with its own registry session.
+    workers: Vec<(Worker, Arc<dyn Registry>)>,
     sessions: Vec<Arc<dyn Registry>>,
     dir: tempfile::TempDir,
     project: ProjectId,
@@ -175,9 +176,11 @@ impl Sandbox {
             kill_grace: Duration::from_secs(2),
             ..WorkerConfig::default()
         };
-        let mut worker = Worker::new(config, registry).with_stop_timeout(Duration::from_secs(5));
+        let mut worker = Worker::new(config, registry.clone())
+            .with_stop_timeout(Duration::from_secs(5))
+            .with_orphan_check(Duration::from_secs(1));
         worker.start().await.expect("start worker");
-        self.workers.push(worker);
+        self.workers.push((worker, registry));
     }
 
     /// Stores `spec` in the sandbox's project.
@@ -281,6 +284,21 @@ impl Sandbox {
         self.masters.iter().filter_map(|(m, _)| m.addr()).collect()
     }
 
+    /// Addresses of the running workers.
+    pub fn worker_addrs(&self) -> Vec<String> {
+        self.workers.iter().map(|(w, _)| w.addr()).collect()
+    }
+
+    /// Kills the worker at `addr` as a machine death would: its processes
+    /// die, nothing is reported, its registry session ends. Cluster only.
+    pub async fn crash_worker(&mut self, addr: &str) {
+        assert!(matches!(self.registries, Registries::ZooKeeper { .. }), "crash_worker needs a cluster sandbox");
+        let i = self.workers.iter().position(|(w, _)| w.addr() == addr).expect("a worker at that address");
+        let (mut worker, session) = self.workers.remove(i);
+        worker.crash();
+        session.close().await;
+    }
+
     /// Kills the master at `addr` as a crash would: its work stops at once,
     /// nothing is handed over, and its registry session ends (its node
     /// disappears, as when a dead process's session expires). Cluster only:
@@ -295,7 +313,7 @@ impl Sandbox {
 
     /// Stops every role (workers first, so they report what they ran).
     pub async fn shutdown(mut self) {
-        for mut worker in self.workers.drain(..) {
+        for (mut worker, _) in self.workers.drain(..) {
             let _ = worker.stop().await;
         }
         for (mut master, _) in self.masters.drain(..) {

@@ -81,3 +81,26 @@ async fn work_of_a_master_that_never_comes_back_is_taken_over() {
     }
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_workers_task_runs_again_elsewhere_as_a_failover() {
+    let mut sandbox = Sandbox::cluster(1, 2).await;
+    let ran = sandbox.scratch().join("ran");
+    let mut slow = shell("slow", &format!("echo \"$SLUICE_ATTEMPT\" >> {}; sleep 3", ran.display()), &[]);
+    slow.retries = 0; // a failover is not a retry: it must run again anyway
+    let spec = workflow("worker_failover", vec![slow, shell("after", "true", &["slow"])]);
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let (_, tasks) = sandbox
+        .wait_until(id, MINUTE, "slow running", |_, t| t.iter().any(|t| t.name == "slow" && t.state == TaskState::Running))
+        .await;
+    let host = tasks.iter().find(|t| t.name == "slow").unwrap().host.clone().unwrap();
+    sandbox.crash_worker(&host).await;
+
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
+    let slow = tasks.iter().find(|t| t.name == "slow").unwrap();
+    assert_eq!((slow.attempt, slow.failovers, slow.retries), (2, 1, 0), "one failover, no retry used");
+    assert_ne!(slow.host.as_deref(), Some(host.as_str()), "the new attempt ran on the other worker");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "1\n2\n", "re-run once, because its worker died");
+    sandbox.shutdown().await;
+}

@@ -150,6 +150,12 @@ macro_rules! persist {
     }};
 }
 
+/// How often a driver looks for tasks whose worker is gone.
+const WATCHDOG: Duration = Duration::from_secs(1);
+/// How long a task may sit taken from the queue without a `running` event
+/// before its worker is presumed dead (a worker reports within moments).
+const NEVER_STARTED: Duration = Duration::from_secs(60);
+
 fn ms_to_time(ms: i64) -> Timestamp {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
 }
@@ -249,6 +255,8 @@ impl Driver {
         }
         self.dispatch_ready().await?;
         let shutdown = self.shared.shutdown.clone();
+        let mut watchdog = tokio::time::interval(WATCHDOG);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.pausing && !self.stopping && !self.tasks.values().any(|t| t.state.is_active()) {
                 // Nothing in flight: the run is over, or it rests paused.
@@ -276,6 +284,10 @@ impl Driver {
                 },
                 _ = async { tokio::time::sleep_until(next_retry.expect("guarded")).await }, if next_retry.is_some() => {
                     self.retry_due().await?;
+                }
+                _ = watchdog.tick() => {
+                    self.check_workers().await?;
+                    self.dispatch_ready().await?;
                 }
             }
         }
@@ -414,6 +426,64 @@ impl Driver {
         let mut nodes: Vec<TaskNode> = self.tasks.iter().filter(|(_, t)| !t.state.is_final()).map(|(n, _)| *n).collect();
         nodes.sort_unstable();
         nodes
+    }
+
+    /// Gives a new attempt elsewhere to tasks whose worker is gone: running
+    /// on a worker missing for longer than the grace period, or taken from
+    /// the queue and never reported running (the worker died in between).
+    async fn check_workers(&mut self) -> Result<(), Abort> {
+        let grace = self.shared.config.failover_grace;
+        let mut lost = Vec::new();
+        for (node, task) in &self.tasks {
+            match (task.state, &task.host) {
+                (TaskState::Running, Some(host)) => {
+                    let missing = self.shared.worker_tracker.missing_for(&self.shared.registry, task.worker_group.as_str(), host);
+                    if missing > grace {
+                        lost.push((*node, format!("worker {host} lost")));
+                    }
+                }
+                (TaskState::Dispatched, None) => {
+                    let waited = (Utc::now() - task.updated_at).to_std().unwrap_or_default();
+                    if waited > NEVER_STARTED.max(grace * 2) {
+                        let key = self.queue_key(*node).encode();
+                        let queued = self.shared.registry.queue_keys(task.worker_group.as_str()).await?;
+                        if !queued.contains(&key) {
+                            lost.push((*node, "taken from the queue but never reported running".into()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (node, reason) in lost {
+            self.fail_over_task(node, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// The attempt on a lost worker is over; a new one (a failover, not a
+    /// retry) is queued for another worker of the group.
+    async fn fail_over_task(&mut self, node: TaskNode, reason: String) -> Result<(), Abort> {
+        let task = &self.tasks[&node];
+        tracing::warn!(task_instance = %task.id, attempt = task.attempt, %reason, "task failing over");
+        let ended = TaskUpdate { message: Some(Some(reason)), end_time: Some(Some(Utc::now())), ..Default::default() };
+        self.set_task_state(node, TaskEvent::WorkerLost, ended).await?;
+        self.kill_on_start.remove(&node);
+        if self.stopping {
+            return self.set_task_state(node, TaskEvent::Kill, TaskUpdate::default()).await;
+        }
+        let task = &self.tasks[&node];
+        let again = TaskUpdate {
+            attempt: Some(task.attempt + 1),
+            failovers: Some(task.failovers + 1),
+            host: Some(None),
+            exit_code: Some(None),
+            start_time: Some(None),
+            end_time: Some(None),
+            ..Default::default()
+        };
+        self.set_task_state(node, TaskEvent::Redispatch, again).await?;
+        self.dispatch(node).await
     }
 
     /// Running tasks finish; queued ones go back to `submitted` (taken out

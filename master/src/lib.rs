@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::driver::DriverMsg;
-use crate::workers::WorkerClients;
+use crate::workers::{WorkerClients, WorkerTracker};
 
 /// State shared by the command loop, the drivers and the gRPC service.
 pub(crate) struct Shared {
@@ -38,6 +38,7 @@ pub(crate) struct Shared {
     /// The instances this master drives, by id.
     pub drivers: Mutex<HashMap<WorkflowInstanceId, mpsc::UnboundedSender<DriverMsg>>>,
     pub workers: WorkerClients,
+    pub worker_tracker: WorkerTracker,
     pub shutdown: CancellationToken,
     /// Whether this master holds `locks/cron` right now.
     pub cron_leader: std::sync::atomic::AtomicBool,
@@ -107,6 +108,7 @@ impl Role for Master {
             config: self.config.clone(),
             drivers: Mutex::new(HashMap::new()),
             workers: WorkerClients::default(),
+            worker_tracker: WorkerTracker::default(),
             shutdown: CancellationToken::new(),
             cron_leader: std::sync::atomic::AtomicBool::new(false),
             failovers: Mutex::new(std::collections::HashSet::new()),

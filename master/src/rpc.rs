@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sluice_domain::{TaskInstanceId, WorkflowInstanceId};
 use sluice_proto::v1::master_service_server::MasterService;
-use sluice_proto::v1::{TaskEventReply, TaskEventRequest};
+use sluice_proto::v1::{AttemptRef, CheckAttemptsReply, CheckAttemptsRequest, TaskEventReply, TaskEventRequest};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
@@ -61,6 +61,23 @@ impl MasterRpc {
 
 #[tonic::async_trait]
 impl MasterService for MasterRpc {
+    async fn check_attempts(&self, request: Request<CheckAttemptsRequest>) -> Result<Response<CheckAttemptsReply>, Status> {
+        let mut stale = Vec::new();
+        for attempt in request.into_inner().attempts {
+            let task = self
+                .shared
+                .store
+                .task_instance(TaskInstanceId(attempt.task_instance_id))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let current = task.is_some_and(|t| t.attempt == attempt.attempt && !t.state.is_final());
+            if !current {
+                stale.push(AttemptRef { task_instance_id: attempt.task_instance_id, attempt: attempt.attempt });
+            }
+        }
+        Ok(Response::new(CheckAttemptsReply { stale }))
+    }
+
     async fn report_task_event(&self, request: Request<TaskEventRequest>) -> Result<Response<TaskEventReply>, Status> {
         let event = request.into_inner();
         let id = WorkflowInstanceId(event.workflow_instance_id);

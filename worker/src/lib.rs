@@ -14,6 +14,7 @@
 
 mod executor;
 mod host;
+mod orphans;
 mod outbox;
 mod running;
 mod service;
@@ -111,6 +112,7 @@ pub struct Worker {
     registry: Arc<dyn Registry>,
     plugins: TaskPlugins,
     stop_timeout: Duration,
+    orphan_check: Duration,
     started: Option<Started>,
 }
 
@@ -122,6 +124,7 @@ struct Started {
     heartbeats: Vec<Heartbeat>,
     stop_taking: CancellationToken,
     take_loop: JoinHandle<()>,
+    orphan_loop: JoinHandle<()>,
     stop_serving: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -135,6 +138,7 @@ impl Worker {
             registry,
             plugins: TaskPlugins::builtin(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            orphan_check: orphans::CHECK_EVERY,
             started: None,
         }
     }
@@ -147,6 +151,27 @@ impl Worker {
 
     /// How long `stop` waits for running tasks and undelivered events
     /// before killing the tasks (default [`DEFAULT_STOP_TIMEOUT`]).
+    /// How often running attempts are checked for having been reassigned
+    /// (default 10 s).
+    pub fn with_orphan_check(mut self, every: Duration) -> Self {
+        self.orphan_check = every;
+        self
+    }
+
+    /// Ends everything at once, as when the machine dies: processes are
+    /// killed, nothing is reported, registry nodes are left to the session
+    /// (tests close it to play the node's expiry).
+    pub fn crash(&mut self) {
+        let Some(started) = self.started.take() else { return };
+        started.stop_taking.cancel();
+        started.take_loop.abort();
+        started.orphan_loop.abort();
+        started.shared.outbox.close();
+        started.shared.running.stop_all(running::StopCause::Kill("worker crashed".into()));
+        drop(started.heartbeats);
+        started.stop_serving.cancel();
+    }
+
     pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = timeout;
         self
@@ -255,6 +280,12 @@ impl Worker {
             semaphore.clone(),
             stop_taking.clone(),
         ));
+        let orphan_loop = tokio::spawn(orphans::orphan_loop(
+            shared.clone(),
+            self.registry.clone(),
+            self.orphan_check,
+            stop_taking.clone(),
+        ));
         info!(%addr, %local_addr, groups = ?self.config.groups, slots, task_types = ?self.plugins.known(), "worker started");
         self.started = Some(Started {
             local_addr,
@@ -264,6 +295,7 @@ impl Worker {
             heartbeats,
             stop_taking,
             take_loop,
+            orphan_loop,
             stop_serving,
             server,
         });
@@ -340,6 +372,7 @@ impl Worker {
         // registry guarantees loses nothing.
         started.stop_taking.cancel();
         let _ = started.take_loop.await;
+        let _ = started.orphan_loop.await;
 
         // Every slot back means every attempt has finished and queued its
         // last event. Heartbeats keep going meanwhile: a worker that

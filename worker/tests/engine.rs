@@ -47,6 +47,14 @@ struct Recorder {
 
 #[tonic::async_trait]
 impl MasterService for Recorder {
+    /// Nothing is ever reassigned in these tests.
+    async fn check_attempts(
+        &self,
+        _: Request<sluice_proto::v1::CheckAttemptsRequest>,
+    ) -> Result<Response<sluice_proto::v1::CheckAttemptsReply>, Status> {
+        Ok(Response::new(sluice_proto::v1::CheckAttemptsReply { stale: Vec::new() }))
+    }
+
     async fn report_task_event(
         &self,
         request: Request<TaskEventRequest>,
