@@ -7,6 +7,7 @@ mod commands;
 mod cron;
 mod driver;
 mod failover;
+mod retention;
 mod rpc;
 mod workers;
 
@@ -148,6 +149,7 @@ impl Role for Master {
         self.tasks.push(tokio::spawn(commands::command_loop(shared.clone())));
         self.tasks.push(tokio::spawn(cron::cron_loop(shared.clone())));
         self.tasks.push(tokio::spawn(failover::failover_loop(shared.clone())));
+        self.tasks.push(tokio::spawn(retention::retention_loop(shared.clone())));
         self.shared = Some(shared);
         tracing::info!(%addr, "master registered");
         Ok(())

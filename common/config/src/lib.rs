@@ -176,6 +176,15 @@ pub struct MasterConfig {
     /// a short network blip does not start a failover.
     #[serde(with = "humantime_serde")]
     pub failover_grace: Duration,
+    /// Finished workflow instances (and their tasks) older than this are deleted; unset
+    /// keeps history forever.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Option<Duration>,
+    /// How often one master deletes expired history.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Rows deleted per transaction, so that a large clean-up never holds locks long.
+    pub retention_batch: u32,
 }
 
 impl Default for MasterConfig {
@@ -187,6 +196,9 @@ impl Default for MasterConfig {
             command_interval: Duration::from_millis(100),
             heartbeat_interval: Duration::from_secs(5),
             failover_grace: Duration::from_secs(30),
+            history_retention: None,
+            retention_interval: Duration::from_secs(3600),
+            retention_batch: 500,
         }
     }
 }

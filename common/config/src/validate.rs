@@ -28,6 +28,8 @@ impl Config {
         }
         at_least_one("master.command_batch", self.master.command_batch)?;
         positive("master.command_interval", self.master.command_interval)?;
+        positive("master.retention_interval", self.master.retention_interval)?;
+        at_least_one("master.retention_batch", self.master.retention_batch)?;
         positive("master.heartbeat_interval", self.master.heartbeat_interval)?;
 
         if let Some(advertise) = &self.worker.advertise {

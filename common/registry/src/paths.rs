@@ -44,6 +44,11 @@ pub fn cron_lock() -> String {
     format!("{LOCKS_DIR}/cron")
 }
 
+/// Lock held by the one master deleting expired history.
+pub fn retention_lock() -> String {
+    format!("{LOCKS_DIR}/retention")
+}
+
 /// Lock taken by the master that fails over the work of the lost `host`,
 /// so that two survivors never fail over the same host at once.
 pub fn failover_lock(host: &str) -> String {

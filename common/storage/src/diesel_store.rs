@@ -1037,6 +1037,27 @@ macro_rules! store_impl {
                 .await
             }
 
+            async fn delete_finished_instances(&self, before: Timestamp, batch: u32) -> Result<u64> {
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        let ids: Vec<i64> = workflow_instances::table
+                            .filter(workflow_instances::state.eq_any(FINAL))
+                            .filter(workflow_instances::end_time.lt(ms(before)))
+                            .order(workflow_instances::id)
+                            .limit(batch.max(1) as i64)
+                            .select(workflow_instances::id)
+                            .load(c)?;
+                        if ids.is_empty() {
+                            return Ok(0);
+                        }
+                        diesel::delete(task_instances::table.filter(task_instances::workflow_instance_id.eq_any(&ids))).execute(c)?;
+                        let n = diesel::delete(workflow_instances::table.filter(workflow_instances::id.eq_any(&ids))).execute(c)?;
+                        Ok(n as u64)
+                    })
+                })
+                .await
+            }
+
             async fn owners_with_work(&self) -> Result<Vec<String>> {
                 self.run(move |c: &mut Conn| {
                     let mut owners: Vec<String> = workflow_instances::table

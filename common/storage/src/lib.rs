@@ -122,6 +122,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance>;
     /// Non-final instances owned by `owner`.
     async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
+    /// Deletes up to `batch` finished workflow instances that ended before
+    /// `before`, with their task instances, in one short transaction;
+    /// returns how many instances went. Call until it returns less than
+    /// `batch`.
+    async fn delete_finished_instances(&self, before: Timestamp, batch: u32) -> Result<u64>;
     /// Masters that own unfinished, not paused, instances or hold claimed
     /// commands: the ones whose loss needs a failover.
     async fn owners_with_work(&self) -> Result<Vec<String>>;

@@ -72,6 +72,7 @@ store_suite!(
     a_command_becomes_an_instance_atomically,
     backfills_create_runs_in_order_within_their_parallelism,
     a_finished_backfill_is_done,
+    retention_deletes_only_old_finished_history,
 );
 
 fn task(name: &str, deps: &[&str]) -> TaskSpec {
@@ -672,4 +673,47 @@ async fn a_finished_backfill_is_done(store: Arc<dyn Store>) {
     store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap();
     assert!(store.advance_backfills().await.unwrap().is_empty());
     assert_eq!(store.backfill(backfill.id).await.unwrap().unwrap().state, BackfillState::Done);
+}
+
+/// An instance with one task, moved to `state`, ended `ended_days_ago`.
+async fn history_row(store: &Arc<dyn Store>, w: &WorkflowDefinition, state: WorkflowState, ended_days_ago: Option<i64>) -> (WorkflowInstanceId, TaskInstanceId) {
+    let wi = store.create_workflow_instance(&new_instance(w, Some("m:1"))).await.unwrap();
+    let def = &w.tasks[0];
+    let new_task = NewTaskInstance {
+        workflow_instance_id: wi.id,
+        task_definition_id: def.id,
+        name: def.spec.name.clone(),
+        task_type: def.spec.task_type.clone(),
+        priority: Priority::Medium,
+        worker_group: WorkerGroup::default(),
+        max_retries: 0,
+        run: 1,
+    };
+    let task = store.create_task_instances(wi.fence(), &[new_task]).await.unwrap()[0].id;
+    let end = ended_days_ago.map(|d| Utc::now() - chrono::Duration::days(d));
+    store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(state), end_time: Some(end), ..Default::default() }).await.unwrap();
+    (wi.id, task)
+}
+
+async fn retention_deletes_only_old_finished_history(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let now = Utc::now();
+    let old_success = history_row(&store, &w, WorkflowState::Success, Some(40)).await;
+    let old_failure = history_row(&store, &w, WorkflowState::Failure, Some(31)).await;
+    let recent = history_row(&store, &w, WorkflowState::Success, Some(5)).await;
+    let old_running = history_row(&store, &w, WorkflowState::Running, None).await;
+    let old_paused = history_row(&store, &w, WorkflowState::Paused, Some(60)).await;
+    let cutoff = now - chrono::Duration::days(30);
+    // One instance per batch: the clean-up goes on until a short batch.
+    assert_eq!(store.delete_finished_instances(cutoff, 1).await.unwrap(), 1);
+    assert_eq!(store.delete_finished_instances(cutoff, 1).await.unwrap(), 1);
+    assert_eq!(store.delete_finished_instances(cutoff, 1).await.unwrap(), 0);
+    for (gone, task) in [old_success, old_failure] {
+        assert!(store.workflow_instance(gone).await.unwrap().is_none());
+        assert!(store.task_instance(task).await.unwrap().is_none(), "its tasks go too");
+    }
+    for (kept, task) in [recent, old_running, old_paused] {
+        assert!(store.workflow_instance(kept).await.unwrap().is_some());
+        assert!(store.task_instance(task).await.unwrap().is_some());
+    }
 }
