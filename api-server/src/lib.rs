@@ -71,7 +71,7 @@ impl ApiServer {
 #[openapi(
     info(
         title = "Sluice REST API",
-        description = "Projects, workflows (as YAML or JSON documents, versioned), schedules, runs, workflow and task instances. \
+        description = "Projects, workflows (as YAML or JSON documents, versioned), schedules, runs, backfills, workflow and task instances. \
             Every error has the shape `{\"error\": {\"code\", \"message\", \"field\"?}}`."
     ),
     tags(
@@ -80,6 +80,7 @@ impl ApiServer {
         (name = "workflows", description = "Workflow definitions and their versions"),
         (name = "schedules", description = "When workflows fire by themselves: cron or interval, online or offline"),
         (name = "runs", description = "Starting runs; workflow and task instances; run commands (stop, kill, rerun, recover, pause, resume, force-success)"),
+        (name = "backfills", description = "Runs of a workflow over past dates, serial or parallel, stoppable as a whole"),
     )
 )]
 struct ApiDoc;
@@ -172,6 +173,23 @@ mod tests {
         (status, body)
     }
 
+    /// A request with a JSON body.
+    async fn send_json(addr: SocketAddr, method: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = body.to_string();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {out}"));
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")))
+    }
+
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
@@ -190,7 +208,7 @@ mod tests {
             .iter()
             .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |method| format!("{method} {path}")))
             .collect();
-        assert_eq!(operations.len(), 25, "{operations:#?}");
+        assert_eq!(operations.len(), 28, "{operations:#?}");
         for operation in [
             "put /api/v1/projects/{project}/workflows/{name}",
             "post /api/v1/task-instances/{id}/kill",
@@ -204,9 +222,18 @@ mod tests {
             "post /api/v1/workflow-instances/{id}/pause",
             "post /api/v1/workflow-instances/{id}/resume",
             "post /api/v1/task-instances/{id}/force-success",
+            "post /api/v1/projects/{project}/workflows/{name}/backfill",
+            "get /api/v1/backfills/{id}",
+            "post /api/v1/backfills/{id}/stop",
         ] {
             assert!(operations.iter().any(|o| o == operation), "{operation} missing from {operations:#?}");
         }
+        let schemas = &document["components"]["schemas"];
+        for schema in ["BackfillRequest", "BackfillAccepted", "BackfillPreview", "BackfillView", "BackfillRunView", "BackfillStopped"] {
+            assert!(schemas.get(schema).is_some(), "schema {schema} missing");
+        }
+        let request = &schemas["BackfillRequest"]["properties"];
+        assert_eq!(request["parallelism"]["maximum"], 100, "{request:#}");
     }
 
     #[tokio::test]
@@ -223,6 +250,73 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         api.stop().await.unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after stop");
+    }
+
+    /// Without any master (nobody creates runs): a backfill is stored as
+    /// asked, a dry run stores nothing, and a backfill stops once.
+    #[tokio::test]
+    async fn backfills_are_stored_previewed_and_stopped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db").to_str().unwrap(), PoolOptions::sized(2)).await.unwrap());
+        let project = store.create_project("p", "", &Params::new()).await.unwrap();
+        let mut task = TaskSpec::new("a", "shell");
+        task.body.insert("script".into(), "true".into());
+        let spec = WorkflowSpec {
+            name: "w".into(),
+            description: String::new(),
+            params: Params::new(),
+            failure_strategy: FailureStrategy::End,
+            priority: Priority::Medium,
+            worker_group: WorkerGroup::default(),
+            tasks: vec![task],
+        };
+        let workflow = store.save_workflow(project.id, &spec).await.unwrap().id;
+        let trigger = Trigger::Cron { expression: "0 30 2 * * ?".into(), timezone: "Asia/Shanghai".into() };
+        store.set_schedule(workflow, &ScheduleSpec { trigger, start: None, end: None, misfire: MisfirePolicy::RunOnce }).await.unwrap();
+        let mut api = ApiServer::new("127.0.0.1:0".parse().unwrap(), store.clone());
+        api.start().await.unwrap();
+        let addr = api.local_addr().unwrap();
+        let path = "/api/v1/projects/p/workflows/w/backfill";
+
+        let body = serde_json::json!({"start": "2026-02-27", "end": "2026-03-01", "order": "desc", "dry_run": true});
+        let (status, preview) = send_json(addr, "POST", path, &body).await;
+        assert_eq!(status, 200, "{preview}");
+        assert_eq!((preview["timezone"].as_str(), preview["parallelism"].as_u64()), (Some("Asia/Shanghai"), Some(1)));
+        assert_eq!(
+            preview["runs"],
+            serde_json::json!([
+                {"date": "2026-03-01", "schedule_time": "2026-03-01T02:30:00+08:00"},
+                {"date": "2026-02-28", "schedule_time": "2026-02-28T02:30:00+08:00"},
+                {"date": "2026-02-27", "schedule_time": "2026-02-27T02:30:00+08:00"},
+            ])
+        );
+        assert!(store.backfill(BackfillId(1)).await.unwrap().is_none(), "a dry run stored a backfill");
+
+        let body = serde_json::json!({"dates": ["2026-03-02", "2026-03-01"], "mode": "parallel", "params": {"k": "v"}});
+        let (status, accepted) = send_json(addr, "POST", path, &body).await;
+        assert_eq!(status, 202, "{accepted}");
+        assert_eq!(accepted["runs"], 2);
+        let id = accepted["backfill_id"].as_i64().unwrap();
+        let stored = store.backfill(BackfillId(id)).await.unwrap().unwrap();
+        let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(stored.spec.schedule_times, [at("2026-03-01T02:30:00+08:00"), at("2026-03-02T02:30:00+08:00")]);
+        assert_eq!((stored.spec.parallelism, stored.spec.workflow_version, stored.spec.params["k"].as_str()), (2, 1, "v"));
+
+        let (status, view) = send_json(addr, "GET", &format!("/api/v1/backfills/{id}"), &serde_json::json!({})).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!((view["state"].as_str(), view["created_runs"].as_u64(), view["total_runs"].as_u64()), (Some("running"), Some(0), Some(2)));
+        assert_eq!((view["project"].as_str(), view["workflow"].as_str(), view["runs"].as_array().map(Vec::len)), (Some("p"), Some("w"), Some(0)));
+
+        let stop = format!("/api/v1/backfills/{id}/stop");
+        let (status, stopped) = send_json(addr, "POST", &stop, &serde_json::json!({})).await;
+        assert_eq!((status, &stopped["state"], &stopped["stopping"]), (202, &serde_json::json!("stopped"), &serde_json::json!([])), "{stopped}");
+        let (status, again) = send_json(addr, "POST", &stop, &serde_json::json!({})).await;
+        assert_eq!((status, again["error"]["message"].as_str()), (409, Some(format!("backfill {id} is already stopped").as_str())));
+        let (status, missing) = send_json(addr, "GET", "/api/v1/backfills/987654", &serde_json::json!({})).await;
+        assert_eq!((status, missing["error"]["message"].as_str()), (404, Some("backfill 987654 not found")));
+        let (status, bad) = send_json(addr, "POST", "/api/v1/backfills/x/stop", &serde_json::json!({})).await;
+        assert_eq!((status, bad["error"]["field"].as_str()), (400, Some("id")));
+        api.stop().await.unwrap();
     }
 
     /// An instance of `workflow` put in `state` with tasks in the given

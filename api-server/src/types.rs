@@ -296,6 +296,132 @@ pub struct RequestAccepted {
     pub run: Option<u32>,
 }
 
+/// Longest backfill: this many dates (ten years of days).
+pub const MAX_BACKFILL_DATES: usize = 3660;
+/// Most runs of a parallel backfill at once.
+pub const MAX_BACKFILL_PARALLELISM: u32 = 100;
+/// Runs at once of a parallel backfill that does not say.
+pub const DEFAULT_BACKFILL_PARALLELISM: u32 = 2;
+
+/// Body of `POST …/workflows/{name}/backfill`: one run of the workflow's
+/// latest version per date, each with its schedule time on that date (the
+/// day's first fire time of the workflow's schedule in its zone, else
+/// midnight there) and so its business date (`${system.biz.date}`, the day
+/// before).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    /// First date, `YYYY-MM-DD`, with `end` (both included); or give `dates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Last date, `YYYY-MM-DD`, not before `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Instead of `start` and `end`: these dates (`YYYY-MM-DD`, each once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dates: Option<Vec<String>>,
+    /// `serial` (one run at a time) or `parallel` (`parallelism` at once).
+    /// Default: `parallel` when `parallelism` is above 1, else `serial`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Runs at once: 1 for `serial`; 2 to 100 for `parallel` (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub parallelism: Option<u32>,
+    /// `asc` (default: oldest date first) or `desc` (newest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+    /// Run-time parameters of every run; they override the workflow's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub params: Option<Params>,
+    /// Check the request and list the runs it would create; store nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
+/// A backfill is stored (202); masters create its runs as earlier ones end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackfillAccepted {
+    pub backfill_id: i64,
+    /// How many runs it will create, one per date.
+    pub runs: u32,
+}
+
+/// Answer to a dry run (200): the runs a backfill would create, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackfillPreview {
+    pub dry_run: bool,
+    pub project: String,
+    pub workflow: String,
+    /// The workflow version that would run (the latest).
+    pub version: u32,
+    /// The zone of the dates and times: the schedule's (UTC for `every`
+    /// or without a schedule).
+    pub timezone: String,
+    pub parallelism: u32,
+    pub runs: Vec<PlannedBackfillRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlannedBackfillRun {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// RFC 3339 in the backfill's `timezone`, with its offset.
+    pub schedule_time: String,
+}
+
+/// A backfill and the runs it has created so far, in run order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackfillView {
+    pub id: i64,
+    pub project: String,
+    pub workflow: String,
+    pub workflow_version: u32,
+    /// `running` (runs are created as earlier ones end), `done` (every run
+    /// was created and has ended) or `stopped`.
+    pub state: String,
+    /// Runs at once (1: serial).
+    pub parallelism: u32,
+    /// The zone `date` and `schedule_time` are shown in: the workflow's
+    /// schedule's (UTC for `every` or without a schedule).
+    pub timezone: String,
+    #[schema(inline)]
+    pub params: Params,
+    /// Runs created so far.
+    pub created_runs: u32,
+    /// Runs it creates in all: one per date.
+    pub total_runs: u32,
+    pub runs: Vec<BackfillRunView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One run of a backfill: a workflow instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackfillRunView {
+    pub workflow_instance_id: i64,
+    /// `YYYY-MM-DD`: the date it runs for.
+    pub date: String,
+    /// RFC 3339 in the backfill's `timezone`, with its offset.
+    pub schedule_time: String,
+    /// The workflow instance's state (`submitted`, `running`, `success`, ...).
+    pub state: String,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+/// Answer to `POST /backfills/{id}/stop` (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackfillStopped {
+    pub backfill_id: i64,
+    /// `stopped`: it creates no more runs.
+    pub state: String,
+    /// Its runs that had not ended; each is asked to stop (running tasks
+    /// are killed).
+    pub stopping: Vec<i64>,
+}
+
 /// Query of `GET /projects/{project}/workflows`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

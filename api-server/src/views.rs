@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sluice_domain::*;
 use sluice_params::cron::{Cron, Timing};
 use sluice_params::Tz;
@@ -112,11 +112,20 @@ pub fn preview_query(query: PreviewQuery, now: DateTime<Utc>) -> ApiResult<(usiz
 /// interval counts from `start`, or from when the schedule was created; no
 /// fire before `start` or after `end`.
 pub fn preview(schedule: &Schedule, after: DateTime<Utc>, count: usize) -> ApiResult<(Tz, Vec<DateTime<Utc>>)> {
+    let (timing, tz) = schedule_timing(schedule)?;
+    let from = schedule.start.map(|s| s - chrono::Duration::milliseconds(1)).filter(|s| *s > after).unwrap_or(after);
+    Ok((tz, timing.preview(from, schedule.end, count)))
+}
+
+/// How a stored schedule fires, and the zone its times are shown in (UTC
+/// for `every`). Mirrors the cron leader (`master/src/cron.rs`): an
+/// interval counts from `start`, or from when the schedule was created.
+pub fn schedule_timing(schedule: &Schedule) -> ApiResult<(Timing, Tz)> {
     let broken = |e: String| {
         tracing::error!(schedule = %schedule.id, error = %e, "stored schedule cannot fire");
         ApiError::new(ErrorCode::Internal, format!("the stored schedule cannot fire: {e}"))
     };
-    let (timing, tz) = match &schedule.trigger {
+    Ok(match &schedule.trigger {
         Trigger::Cron { expression, timezone } => {
             let tz = sluice_params::timezone(timezone).map_err(|e| broken(e.to_string()))?;
             (Timing::Cron { cron: Cron::parse(expression).map_err(|e| broken(e.to_string()))?, tz }, tz)
@@ -125,9 +134,7 @@ pub fn preview(schedule: &Schedule, after: DateTime<Utc>, count: usize) -> ApiRe
             let every = chrono::Duration::from_std(*every).map_err(|e| broken(e.to_string()))?;
             (Timing::Every { every, times: *times, start: schedule.start.unwrap_or(schedule.created_at) }, Tz::UTC)
         }
-    };
-    let from = schedule.start.map(|s| s - chrono::Duration::milliseconds(1)).filter(|s| *s > after).unwrap_or(after);
-    Ok((tz, timing.preview(from, schedule.end, count)))
+    })
 }
 
 /// `a`, `a or b`, `a, b or c`.
@@ -245,6 +252,58 @@ pub fn workflow_instance_view(wi: WorkflowInstance, project: &str, tasks: Option
         created_at: wi.created_at,
         updated_at: wi.updated_at,
         tasks: tasks.map(|ts| ts.into_iter().map(TaskInstanceView::from).collect()),
+    }
+}
+
+/// The zone a backfill's dates and times are shown in: the workflow's
+/// schedule's now (UTC for `every`, without a schedule, or for a zone no
+/// longer known).
+pub fn backfill_zone(schedule: Option<&Schedule>) -> Tz {
+    schedule.and_then(|s| sluice_spec::schedule_zone(&s.trigger)).unwrap_or(Tz::UTC)
+}
+
+fn date_text(at: DateTime<Utc>, tz: Tz) -> String {
+    at.with_timezone(&tz).date_naive().format("%Y-%m-%d").to_string()
+}
+
+/// The runs a backfill would create, for a dry run.
+pub fn planned_runs(times: &[DateTime<Utc>], tz: Tz) -> Vec<PlannedBackfillRun> {
+    times.iter().map(|&t| PlannedBackfillRun { date: date_text(t, tz), schedule_time: sluice_spec::zoned_text(t, tz) }).collect()
+}
+
+/// `runs` are the backfill's workflow instances, in any order; they are
+/// shown in run order (the order they were created in).
+pub fn backfill_view(backfill: Backfill, project: String, workflow: String, tz: Tz, mut runs: Vec<WorkflowInstance>) -> BackfillView {
+    runs.sort_by_key(|r| r.id);
+    BackfillView {
+        id: backfill.id.get(),
+        project,
+        workflow,
+        workflow_version: backfill.spec.workflow_version,
+        state: backfill.state.to_string(),
+        parallelism: backfill.spec.parallelism,
+        timezone: tz.name().to_owned(),
+        params: backfill.spec.params,
+        created_runs: backfill.created_runs,
+        total_runs: backfill.spec.schedule_times.len() as u32,
+        runs: runs
+            .into_iter()
+            .map(|r| {
+                // Backfill runs always have one; the creation time is a
+                // harmless stand-in for an instance that somehow has not.
+                let at = r.schedule_time.unwrap_or(r.created_at);
+                BackfillRunView {
+                    workflow_instance_id: r.id.get(),
+                    date: date_text(at, tz),
+                    schedule_time: sluice_spec::zoned_text(at, tz),
+                    state: r.state.to_string(),
+                    start_time: r.start_time,
+                    end_time: r.end_time,
+                }
+            })
+            .collect(),
+        created_at: backfill.created_at,
+        updated_at: backfill.updated_at,
     }
 }
 
@@ -393,6 +452,118 @@ pub fn plan_run(def: &WorkflowDefinition, request: RunRequest) -> ApiResult<RunP
         ..NewCommand::start(def.id)
     };
     Ok(RunPlan { instance, command, tasks, dry_run: request.dry_run.unwrap_or(false) })
+}
+
+/// A backfill request, checked: its dates in run order, how many runs at
+/// once, their parameters. Needs no workflow: schedule times come from the
+/// dates with [`backfill_times`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillPlan {
+    pub dates: Vec<NaiveDate>,
+    pub parallelism: u32,
+    pub params: Params,
+    pub dry_run: bool,
+}
+
+const SERIAL: &str = "serial";
+const PARALLEL: &str = "parallel";
+
+/// `YYYY-MM-DD`, exactly (chrono alone would take `2026-3-1`).
+fn date_field(field: &str, raw: &str) -> ApiResult<NaiveDate> {
+    let shaped = raw.len() == 10
+        && raw.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    shaped
+        .then(|| NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| ApiError::invalid(field, format!("expected a date as YYYY-MM-DD, e.g. 2026-03-01, got `{raw}`")))
+}
+
+/// Checks every field of a backfill request; nothing is written here.
+pub fn plan_backfill(request: BackfillRequest) -> ApiResult<BackfillPlan> {
+    let descending = match request.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(ApiError::invalid("order", format!("unknown order `{other}`, expected one of: asc, desc"))),
+    };
+    let max = MAX_BACKFILL_PARALLELISM;
+    let parallelism = match (request.mode.as_deref(), request.parallelism) {
+        (Some(SERIAL), None | Some(1)) => 1,
+        (Some(SERIAL), Some(n)) => {
+            return Err(ApiError::invalid(
+                "parallelism",
+                format!("mode `serial` runs one date at a time, so its parallelism is 1, got {n}; use mode `parallel` for more"),
+            ))
+        }
+        (Some(PARALLEL), n) => match n.unwrap_or(DEFAULT_BACKFILL_PARALLELISM) {
+            n @ 2.. if n <= max => n,
+            n => return Err(ApiError::invalid("parallelism", format!("mode `parallel` needs a parallelism from 2 to {max}, got {n}"))),
+        },
+        (None, n) => match n.unwrap_or(1) {
+            n @ 1.. if n <= max => n,
+            n => return Err(ApiError::invalid("parallelism", format!("expected a parallelism from 1 to {max}, got {n}"))),
+        },
+        (Some(other), _) => {
+            return Err(ApiError::invalid("mode", format!("unknown mode `{other}`, expected one of: {SERIAL}, {PARALLEL}")))
+        }
+    };
+    let params = request.params.unwrap_or_default();
+    if let Some(key) = params.keys().find(|k| k.trim().is_empty()) {
+        return Err(ApiError::invalid("params", format!("parameter names must not be empty, got `{key}`")));
+    }
+    let mut dates = match (request.dates, request.start, request.end) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(ApiError::invalid("dates", "give either `dates` or `start` and `end`, not both"));
+        }
+        (Some(list), None, None) => {
+            if list.is_empty() {
+                return Err(ApiError::invalid("dates", "expected at least one date"));
+            }
+            if list.len() > MAX_BACKFILL_DATES {
+                return Err(ApiError::invalid("dates", format!("at most {MAX_BACKFILL_DATES} dates, got {}", list.len())));
+            }
+            let mut dates: Vec<NaiveDate> = Vec::with_capacity(list.len());
+            for (i, raw) in list.iter().enumerate() {
+                let date = date_field(&format!("dates[{i}]"), raw)?;
+                if dates.contains(&date) {
+                    return Err(ApiError::invalid(format!("dates[{i}]"), format!("{date} is given twice")));
+                }
+                dates.push(date);
+            }
+            dates
+        }
+        (None, None, _) => return Err(ApiError::invalid("start", "required: the first date (with `end`), or give `dates`")),
+        (None, Some(_), None) => return Err(ApiError::invalid("end", "required with `start`: the last date")),
+        (None, Some(start), Some(end)) => {
+            let (first, last) = (date_field("start", &start)?, date_field("end", &end)?);
+            if last < first {
+                return Err(ApiError::invalid("end", format!("{last} is before `start` {first}")));
+            }
+            let days = (last - first).num_days() + 1;
+            if days > MAX_BACKFILL_DATES as i64 {
+                return Err(ApiError::invalid("end", format!("{first} to {last} is {days} days; at most {MAX_BACKFILL_DATES}")));
+            }
+            first.iter_days().take(days as usize).collect()
+        }
+    };
+    dates.sort();
+    if descending {
+        dates.reverse();
+    }
+    Ok(BackfillPlan { dates, parallelism, params, dry_run: request.dry_run.unwrap_or(false) })
+}
+
+/// The schedule time of each date, in order, and the zone they belong to:
+/// the day's first fire time of the workflow's schedule in its zone, else
+/// midnight there (UTC without a schedule).
+pub fn backfill_times(schedule: Option<&Schedule>, dates: &[NaiveDate]) -> ApiResult<(Tz, Vec<DateTime<Utc>>)> {
+    let (timing, tz) = match schedule {
+        Some(schedule) => {
+            let (timing, tz) = schedule_timing(schedule)?;
+            (Some(timing), tz)
+        }
+        None => (None, Tz::UTC),
+    };
+    Ok((tz, sluice_params::cron::backfill_times(dates, timing.as_ref(), tz)))
 }
 
 #[cfg(test)]
@@ -554,6 +725,93 @@ mod tests {
         ] {
             assert_eq!(preview_query(query, now).unwrap_err().field.as_deref(), Some(field));
         }
+    }
+
+    fn backfill(body: serde_json::Value) -> ApiResult<BackfillPlan> {
+        plan_backfill(serde_json::from_value(body).unwrap())
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn backfill_dates_come_in_run_order() {
+        let plan = backfill(serde_json::json!({"start": "2026-02-27", "end": "2026-03-02"})).unwrap();
+        assert_eq!(plan.dates, ["2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"].map(day));
+        assert_eq!((plan.parallelism, plan.dry_run), (1, false));
+        let plan = backfill(serde_json::json!({"start": "2026-03-01", "end": "2026-03-03", "order": "desc", "mode": "parallel"})).unwrap();
+        assert_eq!(plan.dates, ["2026-03-03", "2026-03-02", "2026-03-01"].map(day));
+        assert_eq!(plan.parallelism, DEFAULT_BACKFILL_PARALLELISM);
+        let plan = backfill(serde_json::json!({"dates": ["2026-03-05", "2024-02-29"], "parallelism": 3, "dry_run": true})).unwrap();
+        assert_eq!((plan.dates, plan.parallelism, plan.dry_run), (vec![day("2024-02-29"), day("2026-03-05")], 3, true));
+        let one = backfill(serde_json::json!({"start": "2026-03-01", "end": "2026-03-01", "mode": "serial", "parallelism": 1})).unwrap();
+        assert_eq!(one.dates, [day("2026-03-01")]);
+        let longest = backfill(serde_json::json!({"start": "2016-01-01", "end": "2026-01-07"})).unwrap();
+        assert_eq!(longest.dates.len(), MAX_BACKFILL_DATES);
+    }
+
+    #[test]
+    fn every_bad_backfill_field_is_named() {
+        for (body, field, needle) in [
+            (serde_json::json!({"start": "2026-03-10", "end": "2026-03-01"}), "end", "2026-03-01 is before `start` 2026-03-10"),
+            (serde_json::json!({"start": "2016-01-01", "end": "2026-01-08"}), "end", "3661 days; at most 3660"),
+            (serde_json::json!({"start": "2026-03-01"}), "end", "required"),
+            (serde_json::json!({"end": "2026-03-01"}), "start", "required"),
+            (serde_json::json!({}), "start", "or give `dates`"),
+            (serde_json::json!({"dates": ["2026-03-01"], "start": "2026-03-01"}), "dates", "not both"),
+            (serde_json::json!({"dates": ["2026-03-01"], "end": "2026-03-01"}), "dates", "not both"),
+            (serde_json::json!({"dates": []}), "dates", "at least one"),
+            (serde_json::json!({"dates": ["2026-03-01", "2026-02-30"]}), "dates[1]", "got `2026-02-30`"),
+            (serde_json::json!({"dates": ["2026-03-01", "2026-03-01"]}), "dates[1]", "given twice"),
+            (serde_json::json!({"start": "2026-3-1", "end": "2026-03-02"}), "start", "YYYY-MM-DD"),
+            (serde_json::json!({"start": "2026-03-01", "end": "tomorrow"}), "end", "YYYY-MM-DD"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "mode": "serial", "parallelism": 3}), "parallelism", "mode `parallel`"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "mode": "parallel", "parallelism": 1}), "parallelism", "from 2 to 100"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "mode": "parallel", "parallelism": 101}), "parallelism", "from 2 to 100"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "parallelism": 0}), "parallelism", "from 1 to 100"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "mode": "fast"}), "mode", "unknown mode `fast`"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "order": "newest"}), "order", "unknown order `newest`"),
+            (serde_json::json!({"start": "2026-03-01", "end": "2026-03-02", "params": {" ": "x"}}), "params", "must not be empty"),
+        ] {
+            let e = backfill(body.clone()).unwrap_err();
+            assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidInput, Some(field)), "{body}: {e}");
+            assert!(e.message.contains(needle), "{body}: expected `{needle}` in {}", e.message);
+        }
+        let too_many: Vec<String> = day("2000-01-01").iter_days().take(MAX_BACKFILL_DATES + 1).map(|d| d.to_string()).collect();
+        assert_eq!(backfill(serde_json::json!({"dates": too_many})).unwrap_err().field.as_deref(), Some("dates"));
+        // Unknown keys and wrong types are named by the body reader.
+        let e = crate::extract::parse_json::<BackfillRequest>(br#"{"start": "2026-03-01", "end": "2026-03-02", "parallel": 3}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("parallel"));
+        let e = crate::extract::parse_json::<BackfillRequest>(br#"{"dates": ["2026-03-01", 5]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("dates[1]"));
+        let e = crate::extract::parse_json::<BackfillRequest>(br#"{"parallelism": -2}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("parallelism"));
+    }
+
+    #[test]
+    fn backfill_dates_take_the_schedule_time_of_their_day_in_its_zone() {
+        let dates = ["2026-03-07", "2026-03-08", "2026-03-09"].map(day);
+        let text = |(tz, times): (Tz, Vec<DateTime<Utc>>)| times.into_iter().map(|t| sluice_spec::zoned_text(t, tz)).collect::<Vec<_>>();
+        let ny = schedule(Trigger::Cron { expression: "0 30 2 * * ?".into(), timezone: "America/New_York".into() }, None, None);
+        assert_eq!(
+            text(backfill_times(Some(&ny), &dates).unwrap()),
+            ["2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
+            "02:30 does not exist on 2026-03-08"
+        );
+        let weekdays = schedule(Trigger::Cron { expression: "0 0 6 ? * MON-FRI".into(), timezone: "Asia/Shanghai".into() }, None, None);
+        assert_eq!(
+            text(backfill_times(Some(&weekdays), &dates).unwrap()),
+            ["2026-03-07T00:00:00+08:00", "2026-03-08T00:00:00+08:00", "2026-03-09T06:00:00+08:00"],
+            "no fire on the weekend: midnight in the zone"
+        );
+        assert_eq!(text(backfill_times(None, &dates[..1]).unwrap()), ["2026-03-07T00:00:00+00:00"]);
+        assert_eq!(
+            planned_runs(&backfill_times(Some(&ny), &dates[1..2]).unwrap().1, "America/New_York".parse().unwrap()),
+            [PlannedBackfillRun { date: "2026-03-08".into(), schedule_time: "2026-03-08T03:00:00-04:00".into() }]
+        );
+        assert_eq!(backfill_zone(Some(&weekdays)).name(), "Asia/Shanghai");
+        assert_eq!(backfill_zone(None), Tz::UTC);
     }
 
     #[test]

@@ -4,41 +4,14 @@
 //! (ZooKeeper, PostgreSQL). Tests wait on state with deadlines, never on
 //! fixed sleeps.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+
+use common::{arg, free_addr, instance_id, sluice_at, task, write, Deployment};
 use sluice_api::types::{ErrorBody, InstancePage, RequestAccepted, RunAccepted, WorkflowInstanceView, WorkflowView};
-use sluice_e2e::Sandbox;
 
-/// Instantiates each scenario for both deployments.
-macro_rules! both_deployments {
-    ($($test:ident),+ $(,)?) => {
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let deployment = super::Deployment::standalone(&[]).await;
-                    super::$test(&deployment).await;
-                    deployment.shutdown().await;
-                }
-            )+
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let deployment = super::Deployment::cluster().await;
-                    super::$test(&deployment).await;
-                    deployment.shutdown().await;
-                }
-            )+
-        }
-    };
-}
-
-both_deployments!(
+common::both_deployments!(
     apply_a_file_and_a_directory_then_again_unchanged,
     bad_workflow_files_exit_2_and_store_nothing,
     run_wait_exits_0_on_success_and_1_on_failure,
@@ -47,218 +20,6 @@ both_deployments!(
     unknown_workflows_and_ids_exit_2_with_the_api_message,
     the_readme_commands_run_the_example,
 );
-
-const MINUTE: Duration = Duration::from_secs(60);
-
-// --- deployments -----------------------------------------------------------
-
-enum Deployment {
-    /// `sluice standalone` as a child process; its log goes to a file.
-    Binary { child: std::process::Child, url: String, dir: tempfile::TempDir },
-    Cluster(Box<Sandbox>),
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-impl Deployment {
-    /// `sluice standalone [args]` on a fresh SQLite file and free ports.
-    async fn standalone(args: &[&str]) -> Deployment {
-        let dir = tempfile::tempdir().unwrap();
-        let api = free_addr();
-        let log = std::fs::File::create(dir.path().join("sluice.log")).unwrap();
-        let mut command = sluice_command();
-        command
-            .arg("standalone")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("SLUICE_DATABASE__URL", format!("sqlite://{}/sluice.db", dir.path().display()))
-            .env("SLUICE_API__LISTEN", api.to_string())
-            .env("SLUICE_MASTER__LISTEN", free_addr().to_string())
-            .env("SLUICE_WORKER__LISTEN", free_addr().to_string())
-            .env("SLUICE_WORKER__WORK_DIR", dir.path().join("work"))
-            .env("SLUICE_WORKER__LOG_DIR", dir.path().join("logs"))
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = command.spawn().unwrap();
-        let mut deployment = Deployment::Binary { child, url: format!("http://{api}"), dir };
-        deployment.wait_healthy().await;
-        deployment
-    }
-
-    async fn cluster() -> Deployment {
-        Deployment::Cluster(Box::new(Sandbox::cluster(2, 2).await))
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Deployment::Binary { .. } => "standalone",
-            Deployment::Cluster(_) => "cluster",
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Deployment::Binary { url, .. } => url.clone(),
-            Deployment::Cluster(sandbox) => sandbox.api_url(),
-        }
-    }
-
-    fn log(&self) -> String {
-        match self {
-            Deployment::Binary { dir, .. } => std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default(),
-            Deployment::Cluster(_) => String::new(),
-        }
-    }
-
-    async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("{}/api/v1/health", self.url());
-        loop {
-            if let Ok(response) = sluice_e2e::http_client().get(&url).send().await {
-                if response.status().is_success() {
-                    return;
-                }
-            }
-            if let Deployment::Binary { child, .. } = self {
-                if let Some(status) = child.try_wait().unwrap() {
-                    panic!("sluice standalone exited with {status}:\n{}", self.log());
-                }
-            }
-            assert!(Instant::now() < deadline, "no healthy API at {url} within 30 s:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn shutdown(self) {
-        match self {
-            Deployment::Binary { mut child, dir, .. } => {
-                let pid = child.id().to_string();
-                let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-                assert!(status.success());
-                let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-                let log = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default();
-                assert!(status.success(), "sluice standalone exited with {status}:\n{log}");
-            }
-            Deployment::Cluster(sandbox) => sandbox.shutdown().await,
-        }
-    }
-
-    /// The HTTP status of `GET /api/v1{path}`: to check what was stored
-    /// without going through the CLI under test.
-    async fn get_status(&self, path: &str) -> u16 {
-        sluice_e2e::http_client().get(format!("{}/api/v1{path}", self.url())).send().await.unwrap().status().as_u16()
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let response = sluice_e2e::http_client().get(format!("{}/api/v1{path}", self.url())).send().await.unwrap();
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
-        response.json().await.unwrap()
-    }
-
-    /// Runs `sluice args...` against this deployment.
-    async fn sluice(&self, args: &[&str]) -> Ran {
-        sluice_at(&self.url(), None, args).await
-    }
-}
-
-// --- running the binary ----------------------------------------------------
-
-fn sluice_command() -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-    // Only what a test sets reaches the binary.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SLUICE_") {
-            command.env_remove(key);
-        }
-    }
-    command.env_remove("RUST_LOG");
-    command
-}
-
-/// What one `sluice` invocation did.
-#[derive(Debug)]
-struct Ran {
-    args: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    /// Asserts the exit code, showing everything the command printed if not.
-    #[track_caller]
-    fn expect(&self, code: i32) -> &Ran {
-        assert_eq!(self.code, Some(code), "`sluice {}` exited with {:?}\nstdout:\n{}\nstderr:\n{}", self.args, self.code, self.stdout, self.stderr);
-        self
-    }
-
-    #[track_caller]
-    fn json<T: serde::de::DeserializeOwned>(&self) -> T {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("`sluice {}` printed no valid JSON ({e}):\n{}", self.args, self.stdout))
-    }
-}
-
-/// Runs the binary with `SLUICE_SERVER=server` (when given) in `dir`.
-async fn sluice_at(server: &str, dir: Option<&Path>, args: &[&str]) -> Ran {
-    let mut command = tokio::process::Command::from(sluice_command());
-    command.args(args).env("SLUICE_SERVER", server).stdin(Stdio::null());
-    if let Some(dir) = dir {
-        command.current_dir(dir);
-    }
-    let output = tokio::time::timeout(2 * MINUTE, command.output()).await.expect("sluice ran for over 2 minutes").unwrap();
-    Ran {
-        args: args.join(" "),
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// The instance id from `sluice run`'s first line, `instance 7: ...`.
-#[track_caller]
-fn instance_id(ran: &Ran) -> i64 {
-    let first = ran.stdout.lines().next().unwrap_or_default();
-    first
-        .strip_prefix("instance ")
-        .and_then(|rest| rest.split(':').next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no instance id in the output of `sluice {}`:\n{}", ran.args, ran.stdout))
-}
-
-/// Polls `sluice status ID -o json` until `check` holds; panics with the
-/// last state after `within`.
-async fn wait_status(
-    deployment: &Deployment,
-    id: i64,
-    what: &str,
-    check: impl Fn(&WorkflowInstanceView) -> bool,
-) -> WorkflowInstanceView {
-    let deadline = Instant::now() + MINUTE;
-    loop {
-        let wi: WorkflowInstanceView = deployment.sluice(&["status", &id.to_string(), "-o", "json"]).await.expect(0).json();
-        if check(&wi) {
-            return wi;
-        }
-        assert!(Instant::now() < deadline, "[{}] {what}: not within a minute; last seen {wi:#?}", deployment.name());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn task<'a>(wi: &'a WorkflowInstanceView, name: &str) -> &'a sluice_api::types::TaskInstanceView {
-    wi.tasks.as_deref().unwrap_or_default().iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no task `{name}` in {wi:#?}"))
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn arg(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 // --- scenarios -------------------------------------------------------------
 
@@ -386,7 +147,7 @@ async fn run_wait_exits_0_on_success_and_1_on_failure(deployment: &Deployment) {
     let accepted: RunAccepted = ran.json();
     let id = accepted.workflow_instance_id.expect("an instance");
     assert_eq!(accepted.tasks, ["first", "second"]);
-    wait_status(deployment, id, "the run without --wait ends", |wi| wi.state == "success").await;
+    deployment.wait_status(id, "the run without --wait ends", |wi| wi.state == "success").await;
 
     // A dry run starts nothing.
     let ran = deployment.sluice(&["run", "runs/ok", "--dry-run", "--start-task", "second"]).await;
@@ -496,21 +257,21 @@ async fn a_task_can_be_killed_and_an_instance_stopped(deployment: &Deployment) {
 
     // kill TASK_ID: the running task is killed, the instance fails.
     let id = instance_id(deployment.sluice(&["run", "ops/slow"]).await.expect(0));
-    let wi = wait_status(deployment, id, "nap runs", |wi| wi.tasks.as_deref().unwrap_or_default().iter().any(|t| t.name == "nap" && t.state == "running")).await;
+    let wi = deployment.wait_status(id, "nap runs", |wi| wi.tasks.as_deref().unwrap_or_default().iter().any(|t| t.name == "nap" && t.state == "running")).await;
     let nap = task(&wi, "nap").id;
     let ran = deployment.sluice(&["kill", &nap.to_string()]).await;
     ran.expect(0);
     assert_eq!(ran.stdout, format!("kill requested for task instance {nap} of instance {id}\n"));
-    let wi = wait_status(deployment, id, "the killed run ends", |wi| wi.end_time.is_some()).await;
+    let wi = deployment.wait_status(id, "the killed run ends", |wi| wi.end_time.is_some()).await;
     assert_eq!((wi.state.as_str(), task(&wi, "nap").state.as_str()), ("failure", "killed"));
     assert!(wi.tasks.as_deref().unwrap().iter().all(|t| t.name != "after"), "`after` ran: {wi:#?}");
 
     // stop ID (JSON answer this time): the instance ends as stopped.
     let id = instance_id(deployment.sluice(&["run", "ops/slow"]).await.expect(0));
-    wait_status(deployment, id, "nap runs", |wi| wi.tasks.as_deref().unwrap_or_default().iter().any(|t| t.state == "running")).await;
+    deployment.wait_status(id, "nap runs", |wi| wi.tasks.as_deref().unwrap_or_default().iter().any(|t| t.state == "running")).await;
     let accepted: RequestAccepted = deployment.sluice(&["stop", &id.to_string(), "-o", "json"]).await.expect(0).json();
     assert_eq!(accepted.workflow_instance_id, id);
-    let wi = wait_status(deployment, id, "the stopped run ends", |wi| wi.end_time.is_some()).await;
+    let wi = deployment.wait_status(id, "the stopped run ends", |wi| wi.end_time.is_some()).await;
     assert_eq!((wi.state.as_str(), task(&wi, "nap").state.as_str()), ("stopped", "killed"));
 
     // Too late now: the API says so, exit 2.

@@ -2,6 +2,7 @@
 //! (errors named by [`crate::extract`]), look up, call the store, map with
 //! [`crate::views`].
 
+mod backfills;
 mod instances;
 mod meta;
 mod projects;
@@ -30,6 +31,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().merge(meta::routes()).merge(projects::routes()).merge(workflows::routes())
         .merge(schedules::routes())
         .merge(instances::routes())
+        .merge(backfills::routes())
 }
 
 impl AppState {

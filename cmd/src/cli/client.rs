@@ -198,6 +198,36 @@ impl Client {
         self.call(self.request(Method::POST, &["task-instances", &task_instance.to_string(), "force-success"])).await
     }
 
+    /// `POST …/backfill` without `dry_run`: the backfill is stored.
+    pub async fn create_backfill(
+        &self,
+        project: &str,
+        workflow: &str,
+        request: &BackfillRequest,
+    ) -> Result<Answer<BackfillAccepted>, ClientError> {
+        let request = BackfillRequest { dry_run: None, ..request.clone() };
+        self.call(self.request(Method::POST, &["projects", project, "workflows", workflow, "backfill"]).json(&request)).await
+    }
+
+    /// `POST …/backfill` with `dry_run`: the runs it would create.
+    pub async fn preview_backfill(
+        &self,
+        project: &str,
+        workflow: &str,
+        request: &BackfillRequest,
+    ) -> Result<Answer<BackfillPreview>, ClientError> {
+        let request = BackfillRequest { dry_run: Some(true), ..request.clone() };
+        self.call(self.request(Method::POST, &["projects", project, "workflows", workflow, "backfill"]).json(&request)).await
+    }
+
+    pub async fn backfill(&self, id: i64) -> Result<Answer<BackfillView>, ClientError> {
+        self.call(self.request(Method::GET, &["backfills", &id.to_string()])).await
+    }
+
+    pub async fn stop_backfill(&self, id: i64) -> Result<Answer<BackfillStopped>, ClientError> {
+        self.call(self.request(Method::POST, &["backfills", &id.to_string(), "stop"])).await
+    }
+
     pub async fn schedule(&self, project: &str, workflow: &str) -> Result<Answer<ScheduleView>, ClientError> {
         self.call(self.request(Method::GET, &["projects", project, "workflows", workflow, "schedule"])).await
     }

@@ -1,13 +1,16 @@
 //! The command-line client: `apply`, `validate`, `run`, `status`,
 //! `instances`, `stop`, `kill`, `rerun`, `recover`, `pause`, `resume`,
-//! `force-success`, `schedule`. Everything but `validate` goes through the
-//! REST API; nothing here touches the database or the registry.
+//! `force-success`, `schedule`, `backfill`, `backfill-status`,
+//! `backfill-stop`. Everything but `validate` goes through the REST API;
+//! nothing here touches the database or the registry.
 //!
-//! Exit codes: 0 done; 1 a workflow instance `--wait` waited on failed or
-//! was stopped; 2 the command could not be done (bad usage or input, the
-//! server refused or could not be reached).
+//! Exit codes: 0 done; 1 what `--wait` waited on did not succeed (a
+//! workflow instance failed or was stopped; a backfill had a run that did
+//! not succeed, or was stopped); 2 the command could not be done (bad
+//! usage or input, the server refused or could not be reached).
 
 mod apply;
+mod backfill;
 mod client;
 mod commands;
 mod output;
@@ -113,6 +116,27 @@ pub enum ClientCommand {
     /// Show a workflow's schedule, switch it online or offline, or preview
     /// its next fire times.
     Schedule(schedule::ScheduleArgs),
+    /// Run a workflow once per past date (--from/--to or --date), each run
+    /// with its date's schedule time; serial unless --parallel.
+    Backfill(backfill::BackfillArgs),
+    /// Show a backfill and its runs.
+    BackfillStatus {
+        /// Backfill id.
+        id: i64,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Stop a backfill: no new runs; its unfinished runs are stopped.
+    BackfillStop {
+        /// Backfill id.
+        id: i64,
+        #[command(flatten)]
+        server: Server,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Args)]
@@ -196,6 +220,9 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Resume(args) => commands::restart("resume", args).await,
         ClientCommand::ForceSuccess(args) => commands::force_success(args).await,
         ClientCommand::Schedule(args) => schedule::schedule(args).await,
+        ClientCommand::Backfill(args) => backfill::backfill(args).await,
+        ClientCommand::BackfillStatus { id, server, output } => backfill::status(id, server, output).await,
+        ClientCommand::BackfillStop { id, server, output } => backfill::stop(id, server, output).await,
         ClientCommand::Kill { task_id, server, output } => {
             let answer = server.client()?.kill(task_id).await?;
             match output.output {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local, Utc};
 use serde_json::Value;
-use sluice_api::types::{ScheduleBody, ScheduleView, SchedulePreview, TaskInstanceView, WorkflowInstanceView};
+use sluice_api::types::{
+    BackfillPreview, BackfillRunView, BackfillView, ScheduleBody, ScheduleView, SchedulePreview, TaskInstanceView, WorkflowInstanceView,
+};
+use sluice_domain::WorkflowState;
 
 /// `--output`: tables for people, or the API's JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -207,6 +210,80 @@ pub fn preview(preview: &SchedulePreview) -> String {
         out.push_str(t);
         out.push('\n');
     }
+    out
+}
+
+/// `1 run`, `10 runs`.
+pub fn runs_text(n: usize) -> String {
+    if n == 1 { "1 run".into() } else { format!("{n} runs") }
+}
+
+/// How many runs of a backfill go at once, in words.
+pub fn at_once(parallelism: u32) -> String {
+    if parallelism <= 1 { "one at a time".into() } else { format!("{parallelism} at a time") }
+}
+
+/// Whether a backfill run (a workflow instance) has ended.
+pub fn run_ended(run: &BackfillRunView) -> bool {
+    run.state.parse::<WorkflowState>().is_ok_and(|s| s.is_final())
+}
+
+pub fn run_succeeded(run: &BackfillRunView) -> bool {
+    run.state == WorkflowState::Success.as_str()
+}
+
+/// `sluice backfill --dry-run`: the runs it would create, in order.
+pub fn backfill_preview(preview: &BackfillPreview) -> String {
+    let mut out = format!(
+        "dry run: {}/{} version {} would backfill {}, {} (times in {})\n",
+        preview.project,
+        preview.workflow,
+        preview.version,
+        runs_text(preview.runs.len()),
+        at_once(preview.parallelism),
+        preview.timezone
+    );
+    let mut table = Table::new(&["DATE", "SCHEDULE TIME"]);
+    for run in &preview.runs {
+        table.row(vec![run.date.clone(), run.schedule_time.clone()]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+/// `sluice backfill-status`: the backfill, then its runs in run order.
+pub fn backfill(view: &BackfillView) -> String {
+    let ended = view.runs.iter().filter(|r| run_ended(r)).count();
+    let succeeded = view.runs.iter().filter(|r| run_succeeded(r)).count();
+    let mut out = format!("backfill {}  {}/{} version {}  {}\n", view.id, view.project, view.workflow, view.workflow_version, view.state);
+    out.push_str(&format!(
+        "{}/{} runs created, {ended} ended, {succeeded} succeeded; {}; dates in {}\n",
+        view.created_runs,
+        view.total_runs,
+        at_once(view.parallelism),
+        view.timezone
+    ));
+    if !view.params.is_empty() {
+        let params: Vec<String> = view.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("params {}\n", params.join(" ")));
+    }
+    out.push('\n');
+    if view.runs.is_empty() {
+        out.push_str("no run has been created yet\n");
+        return out;
+    }
+    let mut table = Table::new(&["INSTANCE", "DATE", "SCHEDULE TIME", "STATE", "START", "DURATION"]);
+    for run in &view.runs {
+        table.row(vec![
+            run.workflow_instance_id.to_string(),
+            run.date.clone(),
+            run.schedule_time.clone(),
+            run.state.clone(),
+            time(run.start_time),
+            elapsed(run.start_time, run.end_time),
+        ]);
+    }
+    out.push_str(&table.render());
     out
 }
 

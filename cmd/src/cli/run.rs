@@ -62,7 +62,7 @@ pub(super) fn target(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn param(text: &str) -> Result<(String, String), String> {
+pub(super) fn param(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got `{text}`")),

@@ -1013,11 +1013,19 @@ macro_rules! store_impl {
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         let row = diesel::update(backfills::table.find(id.get()))
+                            .filter(backfills::state.eq(BackfillState::Running.as_str()))
                             .set((backfills::state.eq(BackfillState::Stopped.as_str()), backfills::updated_at.eq(now_ms())))
                             .returning(BackfillRow::as_returning())
                             .get_result(c)
-                            .optional()?
-                            .ok_or_else(|| StoreError::NotFound(format!("backfill {id}")))?;
+                            .optional()?;
+                        let Some(row) = row else {
+                            // Gone, or already over: say which.
+                            let state: Option<String> = backfills::table.find(id.get()).select(backfills::state).first(c).optional()?;
+                            return Err(match state {
+                                None => StoreError::NotFound(format!("backfill {id}")),
+                                Some(state) => StoreError::Conflict(format!("backfill {id} is already {state}")),
+                            });
+                        };
                         let backfill = row.into_domain()?;
                         let unfinished: Vec<i64> = workflow_instances::table
                             .filter(workflow_instances::backfill_id.eq(id.get()))

@@ -139,8 +139,9 @@ pub trait Store: Send + Sync + 'static {
     /// unfinished, and marks it done once every run was created and has
     /// finished. Safe with several masters. Returns the instances created.
     async fn advance_backfills(&self) -> Result<Vec<WorkflowInstanceId>>;
-    /// Stops a backfill as a whole: no new runs, and a stop command for each
-    /// unfinished one, in one transaction.
+    /// Stops a running backfill as a whole: no new runs, and a stop command
+    /// for each unfinished one, in one transaction. A backfill already done
+    /// or stopped is a `Conflict`.
     async fn stop_backfill(&self, id: BackfillId) -> Result<Backfill>;
 
     // --- task instances

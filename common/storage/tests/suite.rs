@@ -652,6 +652,8 @@ async fn backfills_create_runs_in_order_within_their_parallelism(store: Arc<dyn 
     let stops: Vec<Command> = store.unclaimed_commands().await.unwrap().into_iter().filter(|c| c.spec.kind == CommandKind::Stop).collect();
     assert_eq!(stops.len(), 2);
     assert!(store.advance_backfills().await.unwrap().is_empty());
+    let again = store.stop_backfill(backfill.id).await.unwrap_err();
+    assert!(matches!(&again, StoreError::Conflict(m) if m.contains("already stopped")), "{again}");
     let err = store.stop_backfill(BackfillId(999_999)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
