@@ -10,9 +10,12 @@
 //! - `extract.rs`: body, path and query extractors whose rejections are
 //!   [`ApiError`]s, so axum's own refusals keep the error shape.
 //! - `error.rs`: [`ErrorCode`] → HTTP status, and every error's mapping.
+//! - `logs.rs`: task logs, from the worker that ran the attempt or else
+//!   from the log store.
 
 mod error;
 mod extract;
+mod logs;
 mod routes;
 pub mod types;
 mod views;
@@ -28,6 +31,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use sluice_runtime::{CancellationToken, Role, RoleError};
+use sluice_logs::LogStore;
+use sluice_registry::Registry;
 use sluice_storage::Store;
 use sluice_tasks::TaskPlugins;
 use tokio::task::JoinHandle;
@@ -44,6 +49,8 @@ pub struct ApiServer {
     listen: SocketAddr,
     store: Arc<dyn Store>,
     plugins: TaskPlugins,
+    log_store: Option<Arc<dyn LogStore>>,
+    commands: routes::CommandSignal,
     bound: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -51,13 +58,37 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn new(listen: SocketAddr, store: Arc<dyn Store>) -> Self {
-        ApiServer { listen, store, plugins: TaskPlugins::builtin(), bound: None, shutdown: CancellationToken::new(), task: None }
+        ApiServer {
+            listen,
+            store,
+            plugins: TaskPlugins::builtin(),
+            log_store: None,
+            commands: routes::CommandSignal::default(),
+            bound: None,
+            shutdown: CancellationToken::new(),
+            task: None,
+        }
     }
 
     /// The task types workflows may use (default: the built-in ones). The
     /// API checks documents against them before storing anything.
     pub fn with_plugins(mut self, plugins: TaskPlugins) -> Self {
         self.plugins = plugins;
+        self
+    }
+
+    /// Where task logs are read when their worker cannot serve them
+    /// (gone, or never had that attempt).
+    pub fn with_log_store(mut self, store: Arc<dyn LogStore>) -> Self {
+        self.log_store = Some(store);
+        self
+    }
+
+    /// The cluster's registry: after inserting commands (runs, run
+    /// commands, backfills) the API signals the masters, which scan at
+    /// once instead of at their next poll. Without one, they poll.
+    pub fn with_registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.commands = routes::CommandSignal::new(registry);
         self
     }
 
@@ -81,6 +112,7 @@ impl ApiServer {
         (name = "schedules", description = "When workflows fire by themselves: cron or interval, online or offline"),
         (name = "runs", description = "Starting runs; workflow and task instances; run commands (stop, kill, rerun, recover, pause, resume, force-success)"),
         (name = "backfills", description = "Runs of a workflow over past dates, serial or parallel, stoppable as a whole"),
+        (name = "logs", description = "Task logs: pages by byte offset, live follow (Server-Sent Events), download"),
     )
 )]
 struct ApiDoc;
@@ -95,7 +127,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The API's routes, without a listener.
-fn router(store: Arc<dyn Store>, plugins: TaskPlugins) -> Router {
+fn router(store: Arc<dyn Store>, plugins: TaskPlugins, log_store: Option<Arc<dyn LogStore>>, commands: routes::CommandSignal) -> Router {
     let (router, document) = documented_routes().split_for_parts();
     let document = Arc::new(document.to_pretty_json().expect("the OpenAPI document renders as JSON"));
     router
@@ -104,7 +136,7 @@ fn router(store: Arc<dyn Store>, plugins: TaskPlugins) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn(log_request))
-        .with_state(AppState { store, plugins: Arc::new(plugins) })
+        .with_state(AppState { store, plugins: Arc::new(plugins), logs: logs::LogAccess::new(log_store), commands })
 }
 
 async fn log_request(request: Request, next: Next) -> Response {
@@ -133,7 +165,7 @@ impl Role for ApiServer {
             tokio::net::TcpListener::bind(self.listen).await.map_err(|e| format!("api: cannot listen on {}: {e}", self.listen))?;
         let bound = listener.local_addr()?;
         self.bound = Some(bound);
-        let app = router(self.store.clone(), self.plugins.clone());
+        let app = router(self.store.clone(), self.plugins.clone(), self.log_store.clone(), self.commands.clone());
         let shutdown = self.shutdown.clone();
         self.task = Some(tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
@@ -208,7 +240,7 @@ mod tests {
             .iter()
             .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |method| format!("{method} {path}")))
             .collect();
-        assert_eq!(operations.len(), 28, "{operations:#?}");
+        assert_eq!(operations.len(), 31, "{operations:#?}");
         for operation in [
             "put /api/v1/projects/{project}/workflows/{name}",
             "post /api/v1/task-instances/{id}/kill",
@@ -225,11 +257,14 @@ mod tests {
             "post /api/v1/projects/{project}/workflows/{name}/backfill",
             "get /api/v1/backfills/{id}",
             "post /api/v1/backfills/{id}/stop",
+            "get /api/v1/task-instances/{id}/log",
+            "get /api/v1/task-instances/{id}/log/stream",
+            "get /api/v1/task-instances/{id}/log/download",
         ] {
             assert!(operations.iter().any(|o| o == operation), "{operation} missing from {operations:#?}");
         }
         let schemas = &document["components"]["schemas"];
-        for schema in ["BackfillRequest", "BackfillAccepted", "BackfillPreview", "BackfillView", "BackfillRunView", "BackfillStopped"] {
+        for schema in ["TaskLogPage", "BackfillRequest", "BackfillAccepted", "BackfillPreview", "BackfillView", "BackfillRunView", "BackfillStopped"] {
             assert!(schemas.get(schema).is_some(), "schema {schema} missing");
         }
         let request = &schemas["BackfillRequest"]["properties"];
@@ -323,19 +358,7 @@ mod tests {
     /// states, as a master would have left it (no master runs here).
     async fn instance_in(store: &dyn Store, workflow: WorkflowId, state: WorkflowState, tasks: &[(&str, TaskState)]) -> (i64, Vec<i64>) {
         let def = store.workflow_by_id(workflow, None).await.unwrap().unwrap();
-        let new = NewWorkflowInstance {
-            workflow_id: def.id,
-            workflow_version: def.version,
-            command_kind: CommandKind::Start,
-            params: Params::new(),
-            priority: def.priority,
-            worker_group: def.worker_group.clone(),
-            failure_strategy: def.failure_strategy,
-            schedule_time: None,
-            owner: Some("test".into()),
-            start_tasks: Vec::new(),
-            scope: None,
-        };
+        let new = NewWorkflowInstance { owner: Some("test".into()), ..NewWorkflowInstance::start(&def) };
         let wi = store.create_workflow_instance(&new).await.unwrap();
         let fence = wi.fence();
         store.update_workflow_instance(fence, &WorkflowUpdate { state: Some(state), ..Default::default() }).await.unwrap();

@@ -517,3 +517,54 @@ pub struct TaskDocumentSchema {
     /// The command (`shell`) or program (`python`).
     pub script: Option<String>,
 }
+
+/// `GET /task-instances/{id}/log` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Which attempt (default: the current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 1)]
+    pub attempt: Option<String>,
+    /// Where to start: 0 (default) or the `next_offset` of the previous
+    /// page. A byte offset into the log file: opaque, pass it back as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u64>)]
+    pub offset: Option<String>,
+    /// Lines per page, 1 to 10000 (default 1000); a page also stops at 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub limit: Option<String>,
+}
+
+/// `GET /task-instances/{id}/log/stream` and `/log/download` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogStreamQuery {
+    /// Which attempt (default: the current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 1)]
+    pub attempt: Option<String>,
+    /// Stream only: start at this `next_offset` instead of the beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u64>)]
+    pub offset: Option<String>,
+}
+
+/// A page of a task attempt's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskLogPage {
+    pub task_instance_id: i64,
+    pub attempt: u32,
+    /// Whole lines, without their newline:
+    /// `2026-11-21T10:00:00.123Z [out] text` or `… [sluice] text`.
+    pub lines: Vec<String>,
+    /// Pass as `offset` for the next page (a byte offset; opaque).
+    pub next_offset: u64,
+    /// The attempt is over and this page reaches the end of its log.
+    pub finished: bool,
+    /// Where the page was read: `worker` or `store`.
+    pub source: String,
+}

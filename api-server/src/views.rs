@@ -429,17 +429,13 @@ pub fn plan_run(def: &WorkflowDefinition, request: RunRequest) -> ApiResult<RunP
     let worker_group = worker_group.unwrap_or_else(|| def.worker_group.clone());
     let failure_strategy = failure_strategy.unwrap_or(def.failure_strategy);
     let instance = NewWorkflowInstance {
-        workflow_id: def.id,
-        workflow_version: def.version,
-        command_kind: CommandKind::Start,
         params: params.clone(),
         priority,
         worker_group: worker_group.clone(),
         failure_strategy,
-        schedule_time: None,
-        owner: None,
         start_tasks: start_tasks.clone(),
         scope,
+        ..NewWorkflowInstance::start(def)
     };
     let command = NewCommand {
         workflow_version: Some(def.version),

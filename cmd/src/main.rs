@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_config::{Config, LogFormat, RegistryKind};
+use sluice_logs::{DirLogStore, LogStore};
 use sluice_registry::{EmbeddedRegistry, Registry, ZkRegistry};
 use sluice_runtime::{CancellationToken, Role};
 use sluice_storage::{PoolOptions, Store};
@@ -114,21 +115,44 @@ async fn connect_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> 
     }
 }
 
+/// The task log store of the cluster (a shared directory).
+fn log_store(config: &Config) -> Arc<dyn LogStore> {
+    Arc::new(DirLogStore::new(config.log_store.dir.clone()))
+}
+
+fn master(config: &Config, store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> sluice_master::Master {
+    let master = sluice_master::Master::new(config.master.clone(), store, registry);
+    match config.log_store.retention {
+        Some(retention) => master.with_log_retention(log_store(config), retention),
+        None => master,
+    }
+}
+
+fn worker(config: &Config, registry: Arc<dyn Registry>) -> sluice_worker::Worker {
+    sluice_worker::Worker::new(config.worker.clone(), registry).with_log_store(log_store(config), config.log_store.retention)
+}
+
+fn api(config: &Config, store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> sluice_api::ApiServer {
+    sluice_api::ApiServer::new(config.api.listen, store).with_log_store(log_store(config)).with_registry(registry)
+}
+
 async fn run(role: RoleCommand, mut config: Config) -> anyhow::Result<()> {
     let mut registry = None;
     let roles: Vec<Box<dyn Role>> = match role {
         RoleCommand::Master => {
             let store = open_store(&config).await?;
             let registry = registry.insert(connect_registry(&config).await?).clone();
-            vec![Box::new(sluice_master::Master::new(config.master.clone(), store, registry))]
+            vec![Box::new(master(&config, store, registry))]
         }
         RoleCommand::Worker => {
             let registry = registry.insert(connect_registry(&config).await?).clone();
-            vec![Box::new(sluice_worker::Worker::new(config.worker.clone(), registry))]
+            vec![Box::new(worker(&config, registry))]
         }
         RoleCommand::Api => {
             let store = open_store(&config).await?;
-            vec![Box::new(sluice_api::ApiServer::new(config.api.listen, store))]
+            // To wake the masters when it inserts commands.
+            let registry = registry.insert(connect_registry(&config).await?).clone();
+            vec![Box::new(api(&config, store, registry))]
         }
         RoleCommand::Alert => {
             anyhow::bail!("the alert server is not available in this version of sluice yet");
@@ -143,9 +167,9 @@ async fn run(role: RoleCommand, mut config: Config) -> anyhow::Result<()> {
             }
             let registry = registry.insert(connect_registry(&config).await?).clone();
             vec![
-                Box::new(sluice_master::Master::new(config.master.clone(), store.clone(), registry.clone())),
-                Box::new(sluice_worker::Worker::new(config.worker.clone(), registry)),
-                Box::new(sluice_api::ApiServer::new(config.api.listen, store)),
+                Box::new(master(&config, store.clone(), registry.clone())),
+                Box::new(worker(&config, registry.clone())),
+                Box::new(api(&config, store, registry)),
             ]
         }
     };

@@ -11,12 +11,15 @@
 //! Every role listens on port 0. Tests submit work through the store, as the
 //! API does, and wait on state, never on fixed sleeps.
 
+pub mod chaos;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::{MasterConfig, WorkerConfig};
 use sluice_domain::*;
 use sluice_api::ApiServer;
+use sluice_logs::{DirLogStore, LogStore};
 use sluice_master::Master;
 use sluice_registry::{EmbeddedRegistry, Registry, ZkRegistry};
 use sluice_runtime::Role;
@@ -48,8 +51,13 @@ pub struct Sandbox {
     /// Each worker with its own registry session.
     workers: Vec<(Worker, Arc<dyn Registry>)>,
     sessions: Vec<Arc<dyn Registry>>,
+    /// Workers started so far (restarts included), to give each its own
+    /// directories: `worker-<n>`, from 0.
+    worker_seq: usize,
     dir: tempfile::TempDir,
     project: ProjectId,
+    /// The task log store every worker and the API share (a directory).
+    log_store: Arc<dyn LogStore>,
 }
 
 /// Logs to the test output once per process (`RUST_LOG` picks the level).
@@ -60,6 +68,17 @@ fn init_logging() {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     });
+}
+
+/// What a master started by [`Sandbox::add_master_with_retention`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Finished instances older than this are deleted.
+    pub history: Duration,
+    /// Task logs in the log store older than this are deleted.
+    pub logs: Duration,
+    /// How often both are looked at.
+    pub every: Duration,
 }
 
 impl Sandbox {
@@ -100,9 +119,22 @@ impl Sandbox {
 
     async fn assemble(name: &'static str, store: Arc<dyn Store>, registries: Registries, database: Database, dir: tempfile::TempDir) -> Sandbox {
         let project = store.create_project("e2e", "end-to-end tests", &Params::new()).await.expect("create project").id;
-        let mut api = ApiServer::new("127.0.0.1:0".parse().expect("addr"), store.clone());
+        let log_store: Arc<dyn LogStore> = Arc::new(DirLogStore::new(dir.path().join("log-store")));
+        // The API signals the masters through the registry when it inserts
+        // commands, as `sluice api` does.
+        let (api_registry, sessions) = match &registries {
+            Registries::Embedded(registry) => (registry.clone(), Vec::new()),
+            Registries::ZooKeeper { address, root } => {
+                let registry: Arc<dyn Registry> =
+                    Arc::new(ZkRegistry::connect(address, root, Duration::from_secs(10)).await.expect("connect zookeeper"));
+                (registry.clone(), vec![registry])
+            }
+        };
+        let mut api = ApiServer::new("127.0.0.1:0".parse().expect("addr"), store.clone())
+            .with_log_store(log_store.clone())
+            .with_registry(api_registry);
         api.start().await.expect("start api");
-        Sandbox { name, store, registries, database, api, masters: Vec::new(), workers: Vec::new(), sessions: Vec::new(), dir, project }
+        Sandbox { name, store, registries, database, api, masters: Vec::new(), workers: Vec::new(), sessions, worker_seq: 0, dir, project, log_store }
     }
 
     /// "standalone" or "cluster", for messages.
@@ -114,6 +146,15 @@ impl Sandbox {
         &self.store
     }
 
+    /// The PostgreSQL database of a cluster sandbox, for tests that reach
+    /// under the store; `None` in standalone.
+    pub fn database_url(&self) -> Option<&str> {
+        match &self.database {
+            Database::Postgres(db) => Some(db.url()),
+            Database::Sqlite(_) => None,
+        }
+    }
+
     /// Base URL of the sandbox's REST API, e.g. `http://127.0.0.1:40123`.
     pub fn api_url(&self) -> String {
         format!("http://{}", self.api.local_addr().expect("api started"))
@@ -122,6 +163,17 @@ impl Sandbox {
     /// The project the sandbox created (`e2e`).
     pub fn project(&self) -> ProjectId {
         self.project
+    }
+
+    /// The directory of the sandbox's task log store.
+    pub fn log_store_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("log-store")
+    }
+
+    /// A worker's local log directory (workers are numbered from 0 in the
+    /// order they were added).
+    pub fn worker_log_dir(&self, n: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("worker-{n}/logs"))
     }
 
     /// A scratch directory tests may use for files their tasks write.
@@ -150,24 +202,71 @@ impl Sandbox {
     }
 
     pub async fn add_master(&mut self) {
+        self.start_master("127.0.0.1:0", |registry| registry, None).await;
+    }
+
+    /// Starts a master whose registry session goes through `wrap`: for
+    /// tests that make the registry fail under a master.
+    pub async fn add_master_through(&mut self, wrap: impl FnOnce(Arc<dyn Registry>) -> Arc<dyn Registry>) {
+        self.start_master("127.0.0.1:0", wrap, None).await;
+    }
+
+    /// Starts a master listening on `listen` (`127.0.0.1:<port>`): the
+    /// identity of a master that ran there before.
+    pub async fn add_master_at(&mut self, listen: &str) {
+        self.start_master(listen, |registry| registry, None).await;
+    }
+
+    /// Starts a master that deletes old history and old task logs (in the
+    /// sandbox's log store) as `retention` says.
+    pub async fn add_master_with_retention(&mut self, retention: Retention) {
+        self.start_master("127.0.0.1:0", |registry| registry, Some(retention)).await;
+    }
+
+    async fn start_master(
+        &mut self,
+        listen: &str,
+        wrap: impl FnOnce(Arc<dyn Registry>) -> Arc<dyn Registry>,
+        retention: Option<Retention>,
+    ) {
         let (store, registry) = self.connect().await;
-        let config = MasterConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
+        let registry = wrap(registry);
+        let mut config = MasterConfig {
+            listen: listen.parse().expect("a master address"),
             command_interval: Duration::from_millis(20),
             failover_grace: Duration::from_millis(500),
             ..MasterConfig::default()
         };
+        if let Some(retention) = &retention {
+            config.history_retention = Some(retention.history);
+            config.retention_interval = retention.every;
+        }
         let mut master = Master::new(config, store, registry.clone());
+        if let Some(retention) = retention {
+            master = master.with_log_retention(self.log_store.clone(), retention.logs);
+        }
         master.start().await.expect("start master");
         self.masters.push((master, registry));
     }
 
     /// Starts a worker serving `groups` with `slots` slots.
     pub async fn add_worker(&mut self, groups: &[&str], slots: u32) {
+        self.start_worker("127.0.0.1:0".parse().expect("addr"), groups, slots).await;
+    }
+
+    /// Starts a new worker process, as it were, at the address of one that
+    /// crashed (`crash_worker`): same identity, new incarnation. Serves
+    /// group `default` with 4 slots.
+    pub async fn restart_worker(&mut self, addr: &str) {
+        self.start_worker(addr.parse().expect("a worker address"), &["default"], 4).await;
+    }
+
+    async fn start_worker(&mut self, listen: std::net::SocketAddr, groups: &[&str], slots: u32) {
         let (_, registry) = self.connect().await;
-        let n = self.workers.len();
+        let n = self.worker_seq;
+        self.worker_seq += 1;
         let config = WorkerConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
+            listen,
             groups: groups.iter().map(|g| g.to_string()).collect(),
             slots: Some(slots),
             heartbeat_interval: Duration::from_secs(1),
@@ -177,6 +276,7 @@ impl Sandbox {
             ..WorkerConfig::default()
         };
         let mut worker = Worker::new(config, registry.clone())
+            .with_log_store(self.log_store.clone(), None)
             .with_stop_timeout(Duration::from_secs(5))
             .with_orphan_check(Duration::from_secs(1));
         worker.start().await.expect("start worker");
@@ -199,19 +299,7 @@ impl Sandbox {
     pub async fn run_from(&self, workflow: WorkflowId, start_tasks: &[&str], scope: Option<RunScope>) -> WorkflowInstanceId {
         let start_tasks: Vec<String> = start_tasks.iter().map(|t| t.to_string()).collect();
         let def = self.store.workflow_by_id(workflow, None).await.expect("load").expect("workflow exists");
-        let instance = NewWorkflowInstance {
-            workflow_id: def.id,
-            workflow_version: def.version,
-            command_kind: CommandKind::Start,
-            params: Params::new(),
-            priority: def.priority,
-            worker_group: def.worker_group.clone(),
-            failure_strategy: def.failure_strategy,
-            schedule_time: None,
-            owner: None,
-            start_tasks: start_tasks.clone(),
-            scope,
-        };
+        let instance = NewWorkflowInstance { start_tasks: start_tasks.clone(), scope, ..NewWorkflowInstance::start(&def) };
         let mut command = NewCommand::start(def.id);
         command.start_tasks = start_tasks;
         command.scope = scope;
@@ -266,12 +354,9 @@ impl Sandbox {
         self.wait_until(instance, within, "finish", |wi, _| wi.state.is_final()).await
     }
 
-    /// Stops the master that fires schedules; returns whether one did.
-    pub async fn stop_cron_leader(&mut self) -> bool {
-        let Some(i) = self.masters.iter().position(|(m, _)| m.is_cron_leader()) else { return false };
-        let (mut master, _) = self.masters.remove(i);
-        master.stop().await.expect("stop master");
-        true
+    /// The address of the master that fires schedules now, if any.
+    pub fn cron_leader(&self) -> Option<String> {
+        self.masters.iter().find(|(m, _)| m.is_cron_leader()).and_then(|(m, _)| m.addr())
     }
 
     /// Whether some master fires schedules now.

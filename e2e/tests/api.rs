@@ -269,7 +269,8 @@ async fn bad_workflow_documents_are_refused_and_store_nothing(sandbox: Sandbox) 
     let api = Api::new(&sandbox);
     let a = "{name: a, type: shell, script: 'true'}";
     // (content type, document, status, code, field, text the message has)
-    let cases: Vec<(&str, String, u16, &str, Option<&str>, &str)> = vec![
+    type Case<'a> = (&'a str, String, u16, &'a str, Option<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (YAML, "name: w\ntasks: [unclosed\n".into(), 400, "invalid_input", None, "malformed YAML"),
         (JSON, r#"{"name": "w", "tasks": ["#.into(), 400, "invalid_input", None, "malformed JSON"),
         (

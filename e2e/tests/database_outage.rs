@@ -1,31 +1,14 @@
 //! PostgreSQL goes away mid-run and comes back: masters and workers wait
 //! and carry on by themselves; no process exits, nothing is lost. This is
-//! its own test binary because it stops the machine's PostgreSQL, which
-//! every other cluster test uses (cargo runs test binaries one at a time).
+//! its own test binary because it stops the test PostgreSQL server, which
+//! every other cluster test uses (cargo runs test binaries one at a time);
+//! see `sluice_testkit::postgres::control` for how.
 
-use std::process::Command;
 use std::time::Duration;
 
 use sluice_domain::*;
 use sluice_e2e::{shell, workflow, Sandbox};
-
-fn pg_ctl(action: &str) {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("a Debian PostgreSQL cluster")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .expect("a PostgreSQL version directory");
-    let status = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", action])
-        .status()
-        .expect("run pg_ctlcluster");
-    assert!(status.success(), "pg_ctlcluster {action} failed");
-}
-
-fn pg_ready() -> bool {
-    Command::new("pg_isready").args(["-q", "-h", "127.0.0.1", "-p", "5432"]).status().is_ok_and(|s| s.success())
-}
+use sluice_testkit::postgres::control;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_survives_a_postgresql_outage() {
@@ -38,14 +21,9 @@ async fn a_run_survives_a_postgresql_outage() {
 
     // Down for longer than the task has left to run: its end is reported
     // while the database is away.
-    pg_ctl("stop");
+    control("stop").unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    pg_ctl("start");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !pg_ready() {
-        assert!(std::time::Instant::now() < deadline, "PostgreSQL did not come back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tokio::task::spawn_blocking(|| control("start")).await.unwrap().unwrap();
 
     let (wi, tasks) = sandbox.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");

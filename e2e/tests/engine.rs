@@ -246,37 +246,3 @@ async fn an_unresolvable_expression_fails_the_task_before_it_starts(sandbox: San
     assert!(message.starts_with("cannot resolve `$[yyyyMMdd-1x]`"), "[{}] {message}", sandbox.name());
     sandbox.shutdown().await;
 }
-
-/// The first figure for the benchmark issue: per-task overhead of a chain of
-/// 40 `true` tasks. Run by hand:
-/// `cargo test --release -p sluice-e2e --test engine -- --ignored --nocapture chain40`
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore]
-async fn chain40_overhead() {
-    for sandbox in [Sandbox::standalone().await, Sandbox::cluster(1, 1).await] {
-        let tasks: Vec<TaskSpec> = (0..40)
-            .map(|i| {
-                let prev = format!("t{:02}", i.max(1) - 1);
-                let deps: Vec<&str> = if i == 0 { vec![] } else { vec![prev.as_str()] };
-                shell(&format!("t{i:02}"), "true", &deps)
-            })
-            .collect();
-        let id = sandbox.run(sandbox.apply(&workflow("chain40", tasks)).await).await;
-        let (wi, mut tasks) = sandbox.wait_finished(id, Duration::from_secs(300)).await;
-        assert_eq!(wi.state, WorkflowState::Success);
-        let created = sandbox.store().workflow_instance(id).await.unwrap().unwrap().created_at;
-        let total = (wi.end_time.unwrap() - created).num_microseconds().unwrap() as f64 / 1000.0;
-        let run: f64 = tasks.iter().map(|t| (t.end_time.unwrap() - t.start_time.unwrap()).num_microseconds().unwrap() as f64 / 1000.0).sum();
-        tasks.sort_by_key(|t| t.name.clone());
-        let mut gaps: Vec<f64> = tasks.windows(2).map(|w| (w[1].start_time.unwrap() - w[0].end_time.unwrap()).num_microseconds().unwrap() as f64 / 1000.0).collect();
-        gaps.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!(
-            "chain40 [{}]: total {total:.0} ms, task run time {run:.0} ms, overhead per task {:.1} ms, gap p50 {:.1} ms max {:.1} ms",
-            sandbox.name(),
-            (total - run) / 40.0,
-            gaps[gaps.len() / 2],
-            gaps[gaps.len() - 1]
-        );
-        sandbox.shutdown().await;
-    }
-}

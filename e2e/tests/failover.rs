@@ -46,19 +46,7 @@ async fn work_of_a_master_that_never_comes_back_is_taken_over() {
     // An instance owned by a master that is gone (its node long expired)...
     let def = store.workflow_by_id(workflow_id, None).await.unwrap().unwrap();
     let orphan = store
-        .create_workflow_instance(&NewWorkflowInstance {
-            workflow_id,
-            workflow_version: def.version,
-            command_kind: CommandKind::Start,
-            params: Params::new(),
-            priority: def.priority,
-            worker_group: def.worker_group.clone(),
-            failure_strategy: def.failure_strategy,
-            schedule_time: None,
-            owner: Some("ghost-master:1".into()),
-            start_tasks: Vec::new(),
-            scope: None,
-        })
+        .create_workflow_instance(&NewWorkflowInstance { owner: Some("ghost-master:1".into()), ..NewWorkflowInstance::start(&def) })
         .await
         .unwrap();
     // ...and a start command it claimed but never acted on.
@@ -84,7 +72,31 @@ async fn work_of_a_master_that_never_comes_back_is_taken_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_workers_task_runs_again_elsewhere_as_a_failover() {
-    let mut sandbox = Sandbox::cluster(1, 2).await;
+    slow_task_loses_its_worker(WorkerFate::Gone).await;
+}
+
+/// A worker that dies and is back at the same address before the grace
+/// period is over (a supervisor restarting the process) does not run the
+/// attempts of its previous incarnation: they must run again, or they
+/// would stay `running` forever. Found by the chaos test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_of_a_worker_restarted_at_once_runs_again() {
+    slow_task_loses_its_worker(WorkerFate::RestartedAtOnce).await;
+}
+
+#[derive(PartialEq)]
+enum WorkerFate {
+    /// Crashed for good; another worker is there.
+    Gone,
+    /// Crashed and started again at the same address; the only worker.
+    RestartedAtOnce,
+}
+
+/// Crashes the worker running a slow task and checks that the task ran
+/// again exactly once, as a failover (not a retry), and the run succeeded.
+async fn slow_task_loses_its_worker(fate: WorkerFate) {
+    let workers = if fate == WorkerFate::Gone { 2 } else { 1 };
+    let mut sandbox = Sandbox::cluster(1, workers).await;
     let ran = sandbox.scratch().join("ran");
     let mut slow = shell("slow", &format!("echo \"$SLUICE_ATTEMPT\" >> {}; sleep 3", ran.display()), &[]);
     slow.retries = 0; // a failover is not a retry: it must run again anyway
@@ -95,12 +107,69 @@ async fn a_lost_workers_task_runs_again_elsewhere_as_a_failover() {
         .await;
     let host = tasks.iter().find(|t| t.name == "slow").unwrap().host.clone().unwrap();
     sandbox.crash_worker(&host).await;
+    if fate == WorkerFate::RestartedAtOnce {
+        sandbox.restart_worker(&host).await;
+    }
 
     let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
     assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
     let slow = tasks.iter().find(|t| t.name == "slow").unwrap();
     assert_eq!((slow.attempt, slow.failovers, slow.retries), (2, 1, 0), "one failover, no retry used");
-    assert_ne!(slow.host.as_deref(), Some(host.as_str()), "the new attempt ran on the other worker");
+    match fate {
+        WorkerFate::Gone => assert_ne!(slow.host.as_deref(), Some(host.as_str()), "the new attempt ran on the other worker"),
+        WorkerFate::RestartedAtOnce => assert_eq!(slow.host.as_deref(), Some(host.as_str()), "the new attempt ran on the restarted worker"),
+    }
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "1\n2\n", "re-run once, because its worker died");
+    sandbox.shutdown().await;
+}
+
+/// A master that claimed a command and died before acting on it, then came
+/// back at the same address within the grace period (so no failover
+/// released the command), acts on it after all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_claimed_before_a_restart_are_acted_on() {
+    let mut sandbox = Sandbox::cluster(0, 1).await;
+    let id = sandbox.run(sandbox.apply(&workflow("claimed", vec![shell("only", "true", &[])])).await).await;
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    // The earlier life of the master at `addr`: it claimed the start command.
+    assert_eq!(sandbox.store().claim_commands(&addr, 10).await.unwrap().len(), 1);
+    sandbox.add_master_at(&addr).await;
+
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
+    sandbox.shutdown().await;
+}
+
+/// A command whose handling meets a database that is briefly unavailable
+/// is handled again, not left claimed (and its run never started) for as
+/// long as the master lives. The database refuses the first consumption of
+/// a command with a serialization failure, which the store reports as
+/// "unavailable" like a connection lost during a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_meeting_an_unavailable_database_is_handled_again() {
+    use diesel::connection::SimpleConnection;
+    let mut sandbox = Sandbox::cluster(0, 1).await;
+    let url = sandbox.database_url().expect("a cluster sandbox").to_owned();
+    let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&url).unwrap();
+    conn.batch_execute(
+        "CREATE SEQUENCE fault_once;
+         CREATE FUNCTION fail_first_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF nextval('fault_once') = 1 THEN
+                 RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure';
+             END IF;
+             RETURN OLD;
+         END $$;
+         CREATE TRIGGER fail_first_delete BEFORE DELETE ON commands FOR EACH ROW EXECUTE FUNCTION fail_first_delete();",
+    )
+    .unwrap();
+    let id = sandbox.run(sandbox.apply(&workflow("retried", vec![shell("only", "true", &[])])).await).await;
+    sandbox.add_master().await;
+
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
     sandbox.shutdown().await;
 }

@@ -6,14 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_domain::*;
-use sluice_registry::paths;
+use sluice_registry::{paths, SignalWatch};
 use sluice_storage::StoreError;
 
 use crate::driver::{self, DriverMsg};
 use crate::Shared;
 
-/// Re-adopts the non-final instances this address owned before a restart.
+/// Re-adopts the non-final instances this address owned before a restart,
+/// and returns to the pool the commands it had claimed and not consumed:
+/// nobody else would, since a master that is back within the failover
+/// grace period gets no failover.
 pub(crate) async fn resume_owned(shared: &Arc<Shared>) -> Result<(), StoreError> {
+    let released = shared.store.release_commands(&shared.addr).await?;
+    if released > 0 {
+        tracing::info!(commands = released, "released the commands claimed before a restart");
+    }
     for instance in shared.store.owned_workflow_instances(&shared.addr).await? {
         if instance.state == WorkflowState::Paused {
             continue;
@@ -26,13 +33,23 @@ pub(crate) async fn resume_owned(shared: &Arc<Shared>) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Scans for commands every `command_interval`, and at once when the
+/// commands signal fires (the API or the cron leader inserted some). The
+/// next watch is set before the scan, so a command inserted during a scan
+/// wakes the next one; the interval stays as the fallback for lost signals.
 pub(crate) async fn command_loop(shared: Arc<Shared>) {
     let interval = shared.config.command_interval;
     let mut backoff = interval;
+    let mut wake = watch_commands(&shared).await;
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            // Not while backing off from a failed scan.
+            _ = async { wake.as_mut().expect("guarded").await }, if wake.is_some() && backoff == interval => wake = None,
+        }
+        if wake.is_none() {
+            wake = watch_commands(&shared).await;
         }
         match scan(&shared).await {
             Ok(()) => backoff = interval,
@@ -42,6 +59,27 @@ pub(crate) async fn command_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+async fn watch_commands(shared: &Arc<Shared>) -> Option<SignalWatch> {
+    match shared.registry.watch_signal(&paths::commands_signal()).await {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::debug!(%error, "cannot watch the commands signal; polling only");
+            None
+        }
+    }
+}
+
+/// Tells every master (this one too) that commands were inserted, without
+/// waiting: a lost signal only costs the wait for the next poll.
+pub(crate) fn signal_commands(shared: &Arc<Shared>) {
+    let registry = shared.registry.clone();
+    tokio::spawn(async move {
+        if let Err(error) = registry.signal(&paths::commands_signal()).await {
+            tracing::debug!(%error, "commands signal not sent; masters will find the commands at their next poll");
+        }
+    });
 }
 
 async fn scan(shared: &Arc<Shared>) -> Result<(), String> {
@@ -61,8 +99,27 @@ async fn scan(shared: &Arc<Shared>) -> Result<(), String> {
     for command in claimed.map_err(|e| e.to_string())? {
         let id = command.id;
         let kind = command.spec.kind;
-        if let Err(error) = handle(shared, command).await {
-            tracing::error!(command = %id, %kind, %error, "command failed");
+        // A claimed command is this master's alone: given up on a database
+        // outage, it would stay claimed (and its run never start) for as
+        // long as this master lives. So it is retried until the database
+        // answers.
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match handle(shared, command.clone()).await {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(command = %id, %kind, %error, retry_in = ?wait, "database unavailable while handling a command; retrying");
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(command = %id, %kind, %error, "command failed");
+                    break;
+                }
+            }
         }
     }
     Ok(())

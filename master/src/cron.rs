@@ -19,6 +19,8 @@ use crate::Shared;
 const RELOAD: Duration = Duration::from_secs(1);
 /// Most missed fire times one schedule catches up on at once (`run_all`).
 const CATCH_UP_LIMIT: usize = 1000;
+/// Most fires written in one transaction.
+const FIRE_BATCH: usize = 1000;
 
 pub(crate) async fn cron_loop(shared: Arc<Shared>) {
     let name = paths::cron_lock();
@@ -91,13 +93,18 @@ async fn lead(shared: &Arc<Shared>) {
             reload_at = tokio::time::Instant::now() + RELOAD;
         }
         let now = Utc::now();
-        let due_ids: Vec<ScheduleId> = entries.iter().filter(|(_, e)| e.next.is_some_and(|n| n <= now)).map(|(id, _)| *id).collect();
-        for id in due_ids {
-            let entry = entries.get_mut(&id).expect("listed");
-            let at = entry.next.expect("due");
-            fire(shared, &entry.schedule, at).await;
-            entry.schedule.last_fire = Some(at);
-            entry.next = entry.timing.next_after(at, entry.schedule.end);
+        let due: Vec<(ScheduleId, DateTime<Utc>)> =
+            entries.iter().filter_map(|(id, e)| e.next.filter(|n| *n <= now).map(|at| (*id, at))).collect();
+        // Schedules that fire on the same second are written together: one
+        // transaction per batch instead of one per schedule.
+        for batch in due.chunks(FIRE_BATCH) {
+            let fires: Vec<(&Schedule, DateTime<Utc>)> = batch.iter().map(|(id, at)| (&entries[id].schedule, *at)).collect();
+            fire_all(shared, &fires).await;
+            for (id, at) in batch {
+                let entry = entries.get_mut(id).expect("listed");
+                entry.schedule.last_fire = Some(*at);
+                entry.next = entry.timing.next_after(*at, entry.schedule.end);
+            }
         }
         let next = entries.values().filter_map(|e| e.next).min();
         let wake = match next {
@@ -151,15 +158,40 @@ async fn reload(shared: &Arc<Shared>, entries: &mut HashMap<ScheduleId, Entry>) 
 }
 
 async fn fire(shared: &Arc<Shared>, schedule: &Schedule, at: DateTime<Utc>) {
-    let mut command = NewCommand::start(schedule.workflow_id);
-    command.schedule_id = Some(schedule.id);
-    command.schedule_time = Some(at);
-    match shared.store.insert_scheduled_command(&command).await {
-        Ok(Some(id)) => {
-            let lag_ms = (Utc::now() - at).num_milliseconds();
-            tracing::info!(schedule = %schedule.id, workflow = %schedule.workflow_id, fire_time = %at, lag_ms, command = %id, "schedule fired");
+    fire_all(shared, &[(schedule, at)]).await;
+}
+
+/// Writes the commands of `fires` in one transaction.
+async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)]) {
+    let commands: Vec<NewCommand> = fires
+        .iter()
+        .map(|(schedule, at)| {
+            let mut command = NewCommand::start(schedule.workflow_id);
+            command.schedule_id = Some(schedule.id);
+            command.schedule_time = Some(*at);
+            command
+        })
+        .collect();
+    match shared.store.insert_scheduled_commands(&commands).await {
+        Ok(ids) => {
+            if ids.iter().any(Option::is_some) {
+                crate::commands::signal_commands(shared);
+            }
+            let now = Utc::now();
+            for ((schedule, at), id) in fires.iter().zip(ids) {
+                match id {
+                    Some(id) => {
+                        let lag_ms = (now - *at).num_milliseconds();
+                        tracing::info!(schedule = %schedule.id, workflow = %schedule.workflow_id, fire_time = %at, lag_ms, command = %id, "schedule fired");
+                    }
+                    None => tracing::debug!(schedule = %schedule.id, fire_time = %at, "fire time already fired"),
+                }
+            }
         }
-        Ok(None) => tracing::debug!(schedule = %schedule.id, fire_time = %at, "fire time already fired"),
-        Err(error) => tracing::error!(schedule = %schedule.id, fire_time = %at, %error, "schedule fire not recorded"),
+        Err(error) => {
+            for (schedule, at) in fires {
+                tracing::error!(schedule = %schedule.id, fire_time = %at, %error, "schedule fire not recorded");
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use futures::StreamExt;
 use sluice_domain::*;
 use sluice_proto::v1::task_event_request::Event;
 use sluice_proto::v1::{TaskEventRequest, TaskOutcome};
@@ -19,6 +20,7 @@ use sluice_storage::StoreError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::workers::WorkerSeen;
 use crate::Shared;
 
 /// What a driver is told.
@@ -90,9 +92,19 @@ pub(crate) fn spawn(shared: Arc<Shared>, instance: WorkflowInstance) {
         };
         let result = match loaded {
             Ok(mut driver) => driver.run(rx).await,
-            Err(abort) => Err(abort),
+            Err(abort) => {
+                drop(rx);
+                Err(abort)
+            }
         };
-        shared.drivers.lock().expect("drivers lock").remove(&id);
+        {
+            // Only this driver's entry: its receiver is gone, so its sender
+            // reads closed. A newer driver of the same instance stays.
+            let mut drivers = shared.drivers.lock().expect("drivers lock");
+            if drivers.get(&id).is_some_and(|tx| tx.is_closed()) {
+                drivers.remove(&id);
+            }
+        }
         match result {
             Ok(state) => tracing::info!(workflow_instance = %id, %state, "workflow instance finished"),
             Err(Abort::Shutdown) => tracing::info!(workflow_instance = %id, "left for another master: shutting down"),
@@ -126,18 +138,32 @@ struct Driver {
     kill_on_start: HashMap<TaskNode, String>,
     stopping: bool,
     pausing: bool,
+    /// Queue puts interrupted by a registry outage: the put may have been
+    /// done before the connection broke, and the entry taken since, so it
+    /// is not simply sent again (a worker would run the attempt twice). Once
+    /// [`UNCERTAIN_PUT_SETTLE`] has passed without the attempt being reported
+    /// running, and its entry is not in the queue, it is put again.
+    uncertain_puts: HashMap<TaskNode, UncertainPut>,
 }
 
-/// Runs a store call until it succeeds or fails for good: while the
-/// database is unreachable (a PostgreSQL restart, a network cut) the driver
-/// waits and retries with backoff instead of giving its instance up.
-macro_rules! persist {
-    ($driver:expr, $call:expr) => {{
+struct UncertainPut {
+    attempt: u32,
+    since: Instant,
+    group: String,
+    key: String,
+    payload: Vec<u8>,
+}
+
+/// Runs a call until it succeeds or fails for good, retrying with backoff
+/// while `$transient` says the error will pass: the driver waits instead of
+/// giving its instance up (nobody would drive it until this master restarts).
+macro_rules! retrying {
+    ($driver:expr, $call:expr, $transient:ident, $what:literal) => {{
         let mut wait = std::time::Duration::from_millis(100);
         loop {
             match $call.await {
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(workflow_instance = %$driver.instance.id, %error, retry_in = ?wait, "database unavailable; retrying");
+                Err(error) if error.$transient() => {
+                    tracing::warn!(workflow_instance = %$driver.instance.id, %error, retry_in = ?wait, concat!($what, " unavailable; retrying"));
                     tokio::select! {
                         _ = $driver.shared.shutdown.cancelled() => break Err(Abort::Shutdown),
                         _ = tokio::time::sleep(wait) => {}
@@ -150,6 +176,26 @@ macro_rules! persist {
     }};
 }
 
+/// A store call, retried while the database is unreachable (a PostgreSQL
+/// restart, a network cut).
+macro_rules! persist {
+    ($driver:expr, $call:expr) => {
+        retrying!($driver, $call, is_retryable, "database")
+    };
+}
+
+/// A registry call, retried while ZooKeeper is unreachable or the registry
+/// is renewing an expired session.
+macro_rules! coordinate {
+    ($driver:expr, $call:expr) => {
+        retrying!($driver, $call, is_transient, "registry")
+    };
+}
+
+/// How long an interrupted queue put is given to show it was done (its
+/// attempt reported running) before it is checked and, if need be, done
+/// again: a worker reports an attempt it took within moments.
+const UNCERTAIN_PUT_SETTLE: Duration = Duration::from_secs(5);
 /// How often a driver looks for tasks whose worker is gone.
 const WATCHDOG: Duration = Duration::from_secs(1);
 /// How long a task may sit taken from the queue without a `running` event
@@ -229,6 +275,7 @@ impl Driver {
             rerun,
             retry_at,
             kill_on_start: HashMap::new(),
+            uncertain_puts: HashMap::new(),
             stopping: false,
             pausing: false,
         })
@@ -286,6 +333,7 @@ impl Driver {
                     self.retry_due().await?;
                 }
                 _ = watchdog.tick() => {
+                    self.settle_puts().await?;
                     self.check_workers().await?;
                     self.dispatch_ready().await?;
                 }
@@ -436,17 +484,31 @@ impl Driver {
         let mut lost = Vec::new();
         for (node, task) in &self.tasks {
             match (task.state, &task.host) {
-                (TaskState::Running, Some(host)) => {
-                    let missing = self.shared.worker_tracker.missing_for(&self.shared.registry, task.worker_group.as_str(), host);
-                    if missing > grace {
-                        lost.push((*node, format!("worker {host} lost")));
+                (TaskState::Running, Some(host)) => match self.shared.worker_tracker.seen(&self.shared.registry, task.worker_group.as_str(), host) {
+                    // The worker was alive when it reported the attempt
+                    // running, whatever this master's view of the registry
+                    // (which lags after a ZooKeeper outage) says: it is lost
+                    // only if missing for the grace period since then too.
+                    WorkerSeen::Missing(missing) if missing.min(since(task.updated_at)) > grace => {
+                        lost.push((*node, format!("worker {host} lost")))
                     }
-                }
+                    // Back at the same address, but as a new process: the
+                    // attempt died with the old one (possibly within the
+                    // grace period, or before this master watched). Both
+                    // times come from the worker's clock; start times are
+                    // whole milliseconds (the event's), hence the rounding.
+                    WorkerSeen::Live { started_at: Some(started_at) }
+                        if task.start_time.is_some_and(|t| t.timestamp_millis() < started_at.timestamp_millis()) =>
+                    {
+                        lost.push((*node, format!("worker {host} restarted since the attempt started")));
+                    }
+                    _ => {}
+                },
                 (TaskState::Dispatched, None) => {
-                    let waited = (Utc::now() - task.updated_at).to_std().unwrap_or_default();
+                    let waited = since(task.updated_at);
                     if waited > NEVER_STARTED.max(grace * 2) {
                         let key = self.queue_key(*node).encode();
-                        let queued = self.shared.registry.queue_keys(task.worker_group.as_str()).await?;
+                        let queued = coordinate!(self, self.shared.registry.queue_keys(task.worker_group.as_str()))?;
                         if !queued.contains(&key) {
                             lost.push((*node, "taken from the queue but never reported running".into()));
                         }
@@ -499,7 +561,7 @@ impl Driver {
         for node in queued {
             let key = self.queue_key(node).encode();
             let group = self.task_group(node);
-            if self.shared.registry.queue_remove(group.as_str(), &key).await? {
+            if coordinate!(self, self.shared.registry.queue_remove(group.as_str(), &key))? {
                 self.set_task_state(node, TaskEvent::Withdraw, TaskUpdate::default()).await?;
             }
         }
@@ -532,7 +594,7 @@ impl Driver {
             TaskState::Dispatched => {
                 let key = self.queue_key(node);
                 let group = self.task_group(node);
-                if self.shared.registry.queue_remove(group.as_str(), &key.encode()).await? {
+                if coordinate!(self, self.shared.registry.queue_remove(group.as_str(), &key.encode()))? {
                     self.set_task_state(node, TaskEvent::Kill, TaskUpdate { end_time: now, ..Default::default() }).await?;
                 } else {
                     // A worker has it but has not reported it running yet.
@@ -630,14 +692,13 @@ impl Driver {
                 }
             })
             .collect();
-        let created = persist!(self, self.shared.store.create_task_instances(self.fence, &news))?;
+        // Created already dispatched, in one commit: they are queued right
+        // below, and a hand-off between chained tasks is mostly commits.
+        let created = persist!(self, self.shared.store.create_dispatched_task_instances(self.fence, &news))?;
         for (node, task) in ready.iter().zip(created) {
             self.tasks.insert(*node, task);
         }
-        for node in ready {
-            self.dispatch(node).await?;
-        }
-        Ok(())
+        self.dispatch_all(ready).await
     }
 
     fn task_spec(&self, node: TaskNode) -> &TaskSpec {
@@ -703,43 +764,121 @@ impl Driver {
     /// in its group's queue. A task whose parameters cannot be resolved
     /// fails here, before it starts.
     async fn dispatch(&mut self, node: TaskNode) -> Result<(), Abort> {
-        let spec = self.task_spec(node).clone();
-        let (params, body) = match self.resolve(node, &spec) {
-            Ok(resolved) => resolved,
-            Err(error) => {
-                tracing::warn!(task_instance = %self.tasks[&node].id, %error, "task parameters cannot be resolved");
-                let update = TaskUpdate {
-                    message: Some(Some(error.to_string())),
-                    end_time: Some(Some(Utc::now())),
-                    ..Default::default()
-                };
-                self.set_task_state(node, TaskEvent::Fail, update).await?;
-                return self.after_failure(node).await;
+        self.dispatch_all(vec![node]).await
+    }
+
+    /// [`Driver::dispatch`] for many tasks at once: every attempt is marked
+    /// dispatched in one transaction (persisted before any is queued), then
+    /// all are put in their queues concurrently. A wide workflow becoming
+    /// ready costs one commit instead of one per task. Tasks created
+    /// dispatched (`dispatch_ready`) are only queued.
+    async fn dispatch_all(&mut self, nodes: Vec<TaskNode>) -> Result<(), Abort> {
+        let mut resolved = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let spec = self.task_spec(node).clone();
+            match self.resolve(node, &spec) {
+                Ok((params, body)) => resolved.push((node, spec, params, body)),
+                Err(error) => {
+                    tracing::warn!(task_instance = %self.tasks[&node].id, %error, "task parameters cannot be resolved");
+                    let update = TaskUpdate {
+                        message: Some(Some(error.to_string())),
+                        end_time: Some(Some(Utc::now())),
+                        ..Default::default()
+                    };
+                    self.set_task_state(node, TaskEvent::Fail, update).await?;
+                    self.after_failure(node).await?;
+                }
             }
-        };
-        self.set_task_state(node, TaskEvent::Dispatch, TaskUpdate::default()).await?;
-        let task = &self.tasks[&node];
-        let payload = TaskDispatch {
-            workflow_instance_id: self.instance.id,
-            task_instance_id: task.id,
-            attempt: task.attempt,
-            master: self.shared.addr.clone(),
-            project: self.project.clone(),
-            workflow: self.def.name.clone(),
-            task: spec.name.clone(),
-            task_type: spec.task_type.clone(),
-            body,
-            params,
-            timeout: spec.timeout,
-            timeout_strategy: spec.timeout_strategy,
-        };
-        let key = self.queue_key(node).encode();
-        let group = self.task_group(node);
-        match self.shared.registry.queue_put(group.as_str(), &key, &payload.to_json()).await {
-            Ok(()) | Err(RegistryError::NodeExists { .. }) => {}
-            Err(e) => return Err(e.into()),
         }
-        tracing::debug!(task_instance = %task.id, attempt = task.attempt, %group, %key, "task dispatched");
+        if resolved.is_empty() {
+            return Ok(());
+        }
+        let mut updates = Vec::with_capacity(resolved.len());
+        let mut marked = Vec::with_capacity(resolved.len());
+        for (node, ..) in &resolved {
+            let task = &self.tasks[node];
+            if task.state == TaskState::Dispatched {
+                continue;
+            }
+            let next = task.state.transition(TaskEvent::Dispatch).map_err(|e| Abort::Broken(e.to_string()))?;
+            updates.push((task.id, TaskUpdate { state: Some(next), ..Default::default() }));
+            marked.push(*node);
+        }
+        if !updates.is_empty() {
+            let stored = persist!(self, self.shared.store.update_task_instances(self.fence, &updates))?;
+            for (node, task) in marked.into_iter().zip(stored) {
+                self.tasks.insert(node, task);
+            }
+        }
+        let mut puts = Vec::with_capacity(resolved.len());
+        for (node, spec, params, body) in resolved {
+            let task = &self.tasks[&node];
+            let payload = TaskDispatch {
+                workflow_instance_id: self.instance.id,
+                task_instance_id: task.id,
+                attempt: task.attempt,
+                master: self.shared.addr.clone(),
+                project: self.project.clone(),
+                workflow: self.def.name.clone(),
+                task: spec.name.clone(),
+                task_type: spec.task_type.clone(),
+                body,
+                params,
+                timeout: spec.timeout,
+                timeout_strategy: spec.timeout_strategy,
+            };
+            let key = self.queue_key(node).encode();
+            let group = self.task_group(node);
+            let registry = self.shared.registry.clone();
+            let (id, attempt) = (task.id, task.attempt);
+            puts.push(async move {
+                let put = UncertainPut { attempt, since: Instant::now(), group: group.to_string(), key, payload: payload.to_json() };
+                let result = registry.queue_put(&put.group, &put.key, &put.payload).await;
+                tracing::debug!(task_instance = %id, attempt, group = %put.group, key = %put.key, "task dispatched");
+                (node, put, result)
+            });
+        }
+        // Bounded, so a huge fan-out does not flood the registry session.
+        let results: Vec<_> = futures::stream::iter(puts).buffer_unordered(256).collect().await;
+        for (node, put, result) in results {
+            self.after_put(node, put, result)?;
+        }
+        Ok(())
+    }
+
+    /// Takes note of a queue put that may or may not have been done.
+    fn after_put(&mut self, node: TaskNode, put: UncertainPut, result: Result<(), RegistryError>) -> Result<(), Abort> {
+        match result {
+            Ok(()) | Err(RegistryError::NodeExists { .. }) => Ok(()),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(task_instance = %self.tasks[&node].id, attempt = put.attempt, %error, "queue put interrupted; it may have been done: checking later");
+                self.uncertain_puts.insert(node, UncertainPut { since: Instant::now(), ..put });
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Settles the interrupted queue puts whose time has come: an attempt
+    /// reported running, or whose entry is in the queue, was put; one that
+    /// is neither was not, or was taken by a worker that died at once: it
+    /// is put again (a worker that ran it remembers it and skips it).
+    async fn settle_puts(&mut self) -> Result<(), Abort> {
+        let due: Vec<TaskNode> = self.uncertain_puts.iter().filter(|(_, p)| p.since.elapsed() >= UNCERTAIN_PUT_SETTLE).map(|(n, _)| *n).collect();
+        for node in due {
+            let put = self.uncertain_puts.remove(&node).expect("due put");
+            let task = &self.tasks[&node];
+            if task.state != TaskState::Dispatched || task.attempt != put.attempt || task.host.is_some() {
+                continue; // it was taken: its worker reported it
+            }
+            let queued = coordinate!(self, self.shared.registry.queue_keys(&put.group))?;
+            if queued.contains(&put.key) {
+                continue;
+            }
+            tracing::warn!(task_instance = %task.id, attempt = put.attempt, "interrupted queue put not found in the queue and the attempt never started: putting it again");
+            let result = self.shared.registry.queue_put(&put.group, &put.key, &put.payload).await;
+            self.after_put(node, put, result)?;
+        }
         Ok(())
     }
 
@@ -776,4 +915,9 @@ impl Driver {
         self.set_workflow_state(event, None, Some(Some(Utc::now()))).await?;
         Ok(outcome)
     }
+}
+
+/// How long ago `at` was by this master's clock (zero if in the future).
+fn since(at: Timestamp) -> Duration {
+    (Utc::now() - at).to_std().unwrap_or_default()
 }

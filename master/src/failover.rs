@@ -4,13 +4,14 @@
 //! (a new owner epoch fences off anything the old one might still write),
 //! drives them on from the database, and releases the commands it had
 //! claimed. A periodic sweep catches owners that vanished while no master
-//! watched (everyone restarted, a missed event).
+//! watched (everyone restarted, a missed event), and instances this master
+//! owns but no longer drives (a driver that gave up on an error).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_domain::WorkflowState;
+use sluice_domain::{WorkflowInstanceId, WorkflowState};
 use sluice_registry::{paths, MembershipEvent};
 
 use crate::{driver, Shared};
@@ -20,6 +21,8 @@ const SWEEP: Duration = Duration::from_secs(10);
 
 pub(crate) async fn failover_loop(shared: Arc<Shared>) {
     let dir = paths::masters_dir();
+    // Own instances seen without a driver at the last sweep.
+    let mut undriven = HashSet::new();
     loop {
         let mut watch = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -41,7 +44,10 @@ pub(crate) async fn failover_loop(shared: Arc<Shared>) {
                     Some(_) => {}
                     None => break, // the session ended: watch again
                 },
-                _ = sweep.tick() => sweep_owners(&shared).await,
+                _ = sweep.tick() => {
+                    sweep_owners(&shared).await;
+                    undriven = drive_undriven(&shared, &undriven).await;
+                }
             }
         }
     }
@@ -59,6 +65,40 @@ async fn sweep_owners(shared: &Arc<Shared>) {
             start(shared, owner);
         }
     }
+}
+
+/// Drives again the instances this master owns but drives no more: a
+/// driver that failed for good (the database or the registry said no once
+/// too often) leaves its instance owned and still, and no failover would
+/// ever come for a master that is alive. Only instances seen undriven by
+/// two sweeps in a row are taken, so that one between its adoption and its
+/// driver's start (a command being handled) is left alone. Returns the
+/// instances undriven now, for the next sweep.
+async fn drive_undriven(shared: &Arc<Shared>, before: &HashSet<WorkflowInstanceId>) -> HashSet<WorkflowInstanceId> {
+    let Ok(owned) = shared.store.owned_workflow_instances(&shared.addr).await else { return before.clone() };
+    let mut now = HashSet::new();
+    for instance in owned {
+        if instance.state == WorkflowState::Paused || shared.driver(instance.id).is_some() {
+            continue; // at rest, or driven
+        }
+        if !before.contains(&instance.id) {
+            now.insert(instance.id);
+            continue;
+        }
+        // A new epoch fences off whatever the old driver might still do.
+        match shared.store.adopt_workflow_instance(instance.id, &shared.addr).await {
+            Ok(instance) if !instance.state.is_final() && shared.driver(instance.id).is_none() => {
+                tracing::warn!(workflow_instance = %instance.id, state = %instance.state, epoch = instance.owner_epoch, "owned instance had no driver; driving it again");
+                driver::spawn(shared.clone(), instance);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(workflow_instance = %instance.id, %error, "cannot take back an undriven instance; next sweep");
+                now.insert(instance.id);
+            }
+        }
+    }
+    now
 }
 
 fn start(shared: &Arc<Shared>, master: String) {

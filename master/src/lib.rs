@@ -22,6 +22,7 @@ use sluice_domain::{MasterHeartbeat, WorkflowInstanceId};
 use sluice_proto::v1::master_service_server::MasterServiceServer;
 use sluice_registry::{paths, Heartbeat, Registry};
 use sluice_runtime::{CancellationToken, Role, RoleError};
+use sluice_logs::LogStore;
 use sluice_storage::Store;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -45,11 +46,15 @@ pub(crate) struct Shared {
     pub cron_leader: std::sync::atomic::AtomicBool,
     /// Masters whose failover this master is running.
     pub failovers: Mutex<std::collections::HashSet<String>>,
+    /// The task log store and how long its logs are kept, if they expire.
+    pub log_retention: Option<(Arc<dyn LogStore>, std::time::Duration)>,
 }
 
 impl Shared {
+    /// The driver of `id`, if one runs (a driver that died without
+    /// cleaning up, by panicking, does not count).
     pub fn driver(&self, id: WorkflowInstanceId) -> Option<mpsc::UnboundedSender<DriverMsg>> {
-        self.drivers.lock().expect("drivers lock").get(&id).cloned()
+        self.drivers.lock().expect("drivers lock").get(&id).filter(|tx| !tx.is_closed()).cloned()
     }
 }
 
@@ -61,11 +66,19 @@ pub struct Master {
     heartbeat: Option<Heartbeat>,
     tasks: Vec<JoinHandle<()>>,
     bound: Option<SocketAddr>,
+    log_retention: Option<(Arc<dyn LogStore>, std::time::Duration)>,
 }
 
 impl Master {
     pub fn new(config: MasterConfig, store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> Self {
-        Master { config, store, registry, shared: None, heartbeat: None, tasks: Vec::new(), bound: None }
+        Master { config, store, registry, shared: None, heartbeat: None, tasks: Vec::new(), bound: None, log_retention: None }
+    }
+
+    /// Deletes task logs older than `retention` from `store` (one master
+    /// at a time, every `retention_interval`).
+    pub fn with_log_retention(mut self, store: Arc<dyn LogStore>, retention: std::time::Duration) -> Self {
+        self.log_retention = Some((store, retention));
+        self
     }
 
     /// `host:port` under which workers reach this master (known once started:
@@ -113,6 +126,7 @@ impl Role for Master {
             shutdown: CancellationToken::new(),
             cron_leader: std::sync::atomic::AtomicBool::new(false),
             failovers: Mutex::new(std::collections::HashSet::new()),
+            log_retention: self.log_retention.clone(),
         });
 
         let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));
@@ -150,6 +164,7 @@ impl Role for Master {
         self.tasks.push(tokio::spawn(cron::cron_loop(shared.clone())));
         self.tasks.push(tokio::spawn(failover::failover_loop(shared.clone())));
         self.tasks.push(tokio::spawn(retention::retention_loop(shared.clone())));
+        self.tasks.push(tokio::spawn(retention::log_retention_loop(shared.clone())));
         self.shared = Some(shared);
         tracing::info!(%addr, "master registered");
         Ok(())

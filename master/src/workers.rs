@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_domain::TaskInstanceId;
+use sluice_domain::{TaskInstanceId, Timestamp, WorkerHeartbeat};
 use sluice_proto::v1::worker_service_client::WorkerServiceClient;
 use sluice_proto::v1::KillTaskRequest;
 use tonic::transport::{Channel, Endpoint};
@@ -52,46 +52,64 @@ impl WorkerClients {
     }
 }
 
-/// Which workers are registered, per group, and since when the missing
-/// ones are missing. Watches start lazily, for the groups tasks run in.
+/// Which workers are registered, per group, since when the missing ones
+/// are missing, and which incarnation of each live one is registered.
+/// Watches start lazily, for the groups tasks run in.
 #[derive(Default)]
 pub(crate) struct WorkerTracker {
     groups: Mutex<HashMap<String, Arc<Mutex<GroupView>>>>,
 }
 
 struct GroupView {
-    live: std::collections::HashSet<String>,
+    /// Live workers with the `started_at` of their heartbeat (`None` if it
+    /// cannot be read).
+    live: HashMap<String, Option<Timestamp>>,
     /// When each worker that left (or was never seen) went missing.
     missing_since: HashMap<String, std::time::Instant>,
     watching_since: std::time::Instant,
 }
 
+/// What a master knows of one worker address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerSeen {
+    /// Not registered (or not yet seen) for this long.
+    Missing(Duration),
+    /// Registered by a process that started at this time, if known. An
+    /// attempt that started before it ran in an earlier process at the same
+    /// address, which died with it.
+    Live { started_at: Option<Timestamp> },
+}
+
+fn started_at(member: &sluice_registry::Member) -> Option<Timestamp> {
+    serde_json::from_slice::<WorkerHeartbeat>(&member.data).ok().map(|beat| beat.started_at)
+}
+
 impl WorkerTracker {
-    /// How long `worker` has been missing from `group` (zero while present);
-    /// starts watching the group on first use (then nobody is missing yet).
-    pub fn missing_for(&self, registry: &Arc<dyn sluice_registry::Registry>, group: &str, worker: &str) -> Duration {
+    /// What is known of `worker` in `group`; starts watching the group on
+    /// first use (then nobody is missing yet).
+    pub fn seen(&self, registry: &Arc<dyn sluice_registry::Registry>, group: &str, worker: &str) -> WorkerSeen {
         let view = {
             let mut groups = self.groups.lock().expect("tracker lock");
             match groups.get(group) {
                 Some(view) => view.clone(),
                 None => {
                     let view = Arc::new(Mutex::new(GroupView {
-                        live: Default::default(),
+                        live: HashMap::new(),
                         missing_since: HashMap::new(),
                         watching_since: std::time::Instant::now(),
                     }));
                     groups.insert(group.to_owned(), view.clone());
                     tokio::spawn(watch_group(registry.clone(), group.to_owned(), view));
-                    return Duration::ZERO;
+                    return WorkerSeen::Missing(Duration::ZERO);
                 }
             }
         };
         let view = view.lock().expect("group lock");
-        if view.live.contains(worker) {
-            return Duration::ZERO;
+        if let Some(started_at) = view.live.get(worker) {
+            return WorkerSeen::Live { started_at: *started_at };
         }
         let since = view.missing_since.get(worker).copied().unwrap_or(view.watching_since);
-        since.elapsed()
+        WorkerSeen::Missing(since.elapsed())
     }
 }
 
@@ -111,11 +129,11 @@ async fn watch_group(registry: Arc<dyn sluice_registry::Registry>, group: String
         {
             let mut v = view.lock().expect("group lock");
             let now = std::time::Instant::now();
-            let present: std::collections::HashSet<String> = watch.members().iter().map(|m| m.name.clone()).collect();
-            for gone in v.live.difference(&present).cloned().collect::<Vec<_>>() {
+            let present: HashMap<String, Option<Timestamp>> = watch.members().iter().map(|m| (m.name.clone(), started_at(m))).collect();
+            for gone in v.live.keys().filter(|w| !present.contains_key(*w)).cloned().collect::<Vec<_>>() {
                 v.missing_since.entry(gone).or_insert(now);
             }
-            for here in &present {
+            for here in present.keys() {
                 v.missing_since.remove(here);
             }
             v.live = present;
@@ -125,7 +143,8 @@ async fn watch_group(registry: Arc<dyn sluice_registry::Registry>, group: String
             match event {
                 MembershipEvent::Joined(member) => {
                     v.missing_since.remove(&member.name);
-                    v.live.insert(member.name);
+                    let started = started_at(&member);
+                    v.live.insert(member.name, started);
                 }
                 MembershipEvent::Left(name) => {
                     v.live.remove(&name);

@@ -15,12 +15,14 @@ use sluice_proto::v1::{
     task_event_request::Event, TaskEventRequest, TaskFinished, TaskOutcome, TaskRunning,
     TaskTimeoutWarning,
 };
+use sluice_logs::LogKey;
 use sluice_registry::QueueItem;
 use tokio::process::{Child, Command};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::logs::{self, LogWriter};
 use crate::running::{StopCause, TaskAttempt};
 use crate::Shared;
 
@@ -79,7 +81,7 @@ pub(crate) async fn run(
         attempt: dispatch.attempt,
     };
     let Some((_running, stop)) = shared.running.start(attempt) else {
-        warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, key = %item.key, "attempt is already running here; ignoring the duplicate queue entry");
+        warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, key = %item.key, "attempt is running or ran here; ignoring the duplicate queue entry");
         return;
     };
     info!(workflow_instance = %dispatch.workflow_instance_id, task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, task = %dispatch.task, task_type = %dispatch.task_type, %group, "task taken");
@@ -139,46 +141,116 @@ fn report_undecodable(shared: &Shared, group: &str, item: &QueueItem, error: &se
     }
 }
 
-/// Everything between taking the attempt and its end.
-async fn execute(
+/// Everything between taking the attempt and its end, logged: the log
+/// is complete, and copied to the log store, before the end is reported.
+async fn execute(shared: &Shared, dispatch: &TaskDispatch, stop: oneshot::Receiver<StopCause>) -> Finished {
+    let key = LogKey {
+        workflow_instance_id: dispatch.workflow_instance_id.get(),
+        task_instance_id: dispatch.task_instance_id.get(),
+        attempt: dispatch.attempt,
+    };
+    let log_path = shared.log_dir.join(key.relative_path());
+    let log = match LogWriter::open(&shared.logs, key, log_path.clone()).await {
+        Ok(log) => log,
+        Err(reason) => return Finished::failure(reason),
+    };
+    let began = Instant::now();
+    let (finished, log) = attempt(shared, dispatch, stop, log).await;
+    match log {
+        Some(mut log) => {
+            let took = humantime::format_duration(round_ms(began.elapsed()));
+            log.note(&format!("finished: {} ({}) after {took}", outcome_name(finished.outcome), finished.reason)).await;
+            log.finish(&shared.logs);
+        }
+        None => shared.logs.forget(&key),
+    }
+    if let Some(store) = &shared.log_store {
+        // Before the report: once the master hears of the end, the log
+        // must be readable even if this worker dies the next instant.
+        if let Err(error) = store.put(&key, &log_path).await {
+            warn!(task_instance = key.task_instance_id, attempt = key.attempt, %error, "cannot copy the task log to the log store");
+        }
+    }
+    finished
+}
+
+fn round_ms(elapsed: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How long the log waits for the rest of the output once the task's
+/// process has exited (its background children may still hold the pipe).
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs the attempt, logging what happens; gives the log back unless the
+/// part copying the output failed unexpectedly.
+async fn attempt(
     shared: &Shared,
     dispatch: &TaskDispatch,
     mut stop: oneshot::Receiver<StopCause>,
-) -> Finished {
+    mut log: LogWriter,
+) -> (Finished, Option<LogWriter>) {
     let workdir = shared
         .work_dir
         .join(dispatch.workflow_instance_id.to_string())
         .join(dispatch.task_instance_id.to_string())
         .join(dispatch.attempt.to_string());
-    let log_path = shared
-        .log_dir
-        .join(dispatch.workflow_instance_id.to_string())
-        .join(format!(
-            "{}_{}.log",
-            dispatch.task_instance_id, dispatch.attempt
-        ));
+    let log_path = log.path().to_owned();
+    log.note(&format!(
+        "attempt {} of task `{}` ({}) of {}/{}, workflow instance {}, on worker {}",
+        dispatch.attempt, dispatch.task, dispatch.task_type, dispatch.project, dispatch.workflow, dispatch.workflow_instance_id, shared.addr
+    ))
+    .await;
+    let params: Vec<String> = dispatch.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    log.note(&format!("parameters: {}", if params.is_empty() { "none".to_owned() } else { params.join(", ") })).await;
+    let failed = |reason: String| Finished::failure(reason);
     let spec = match shared.plugins.prepare(dispatch, &workdir) {
         Ok(spec) => spec,
-        Err(error) => return Finished::failure(error.to_string()),
+        Err(error) => {
+            log.note(&error.to_string()).await;
+            return (failed(error.to_string()), Some(log));
+        }
     };
-    let mut command = match prepare_process(dispatch, &spec, &workdir, &log_path).await {
-        Ok(command) => command,
-        Err(reason) => return Finished::failure(reason),
+    let (mut command, output) = match prepare_process(dispatch, &spec, &workdir).await {
+        Ok(prepared) => prepared,
+        Err(reason) => {
+            log.note(&reason).await;
+            return (failed(reason), Some(log));
+        }
     };
+    log.note(&format!("command: {}", command_line(&spec))).await;
     // Killed while the working directory was being prepared.
     if let Ok(cause) = stop.try_recv() {
-        return stopped_before_start(cause);
+        return (stopped_before_start(cause), Some(log));
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // Our copies of the pipe's write end: the read end must see EOF
+    // once the task's processes are gone.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
-            return Finished::failure(format!("cannot start `{}`: {error}", spec.program))
+            let reason = format!("cannot start `{}`: {error}", spec.program);
+            log.note(&reason).await;
+            return (failed(reason), Some(log));
         }
     };
     let Some(pid) = child.id() else {
         // Only possible once the child has been reaped, which we have not.
-        return Finished::failure("the task process vanished as it started");
+        return (failed("the task process vanished as it started".into()), Some(log));
     };
+    let output = match tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(output)) {
+        Ok(output) => output,
+        Err(error) => {
+            signal_group(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let reason = format!("cannot read the task's output: {error}");
+            log.note(&reason).await;
+            return (failed(reason), Some(log));
+        }
+    };
+    let (notes, notes_rx) = mpsc::unbounded_channel();
+    let (drain, drain_by) = oneshot::channel();
+    let pumping = tokio::spawn(logs::pump(output, log, notes_rx, drain_by));
     info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, pid, log = %log_path.display(), "task started");
     shared.report(
         dispatch,
@@ -202,23 +274,24 @@ async fn execute(
             _ = sleep_until(timeout_at), if timeout_at.is_some() => {
                 timeout_at = None;
                 let timeout = dispatch.timeout.unwrap_or_default();
+                let shown = humantime::format_duration(timeout);
                 if dispatch.timeout_strategy.warns() {
-                    warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, timeout = %humantime::format_duration(timeout), "task outlived its timeout");
+                    warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, timeout = %shown, "task outlived its timeout");
+                    let _ = notes.send(format!("the task outlived its timeout of {shown}"));
                     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
                     shared.report(dispatch, Event::TimeoutWarning(TaskTimeoutWarning { timeout_ms }));
                 }
                 if dispatch.timeout_strategy.fails() {
+                    let _ = notes.send(format!("timed out after {shown}; killing the task"));
                     break Ended::TimedOut(timeout);
                 }
             }
         }
     };
-    match ended {
-        Ended::Exited(Ok(status)) => {
-            let mut finished = exited(status);
-            finished.outputs = read_outputs(&log_path).await;
-            finished
-        }
+    // Outputs count only from a task that ended by itself.
+    let keep_outputs = matches!(ended, Ended::Exited(Ok(_)));
+    let mut finished = match ended {
+        Ended::Exited(Ok(status)) => exited(status),
         Ended::Exited(Err(error)) => {
             // The child can no longer be waited for; make sure nothing of
             // it lives on unobserved.
@@ -227,6 +300,11 @@ async fn execute(
         }
         Ended::Stopped(cause) => {
             info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, ?cause, "killing task");
+            let _ = notes.send(match &cause {
+                StopCause::Kill(reason) if !reason.is_empty() => format!("killing the task: {reason}"),
+                StopCause::Kill(_) => "killing the task".to_owned(),
+                StopCause::Shutdown => "killing the task: the worker is stopping".to_owned(),
+            });
             let status = kill_group(&mut child, group, shared.kill_grace).await;
             match cause {
                 StopCause::Kill(reason) => Finished {
@@ -249,7 +327,36 @@ async fn execute(
                 humantime::format_duration(timeout)
             ))
         }
+    };
+    drop(notes);
+    let _ = drain.send(Instant::now() + PIPE_DRAIN);
+    match pumping.await {
+        Ok(pumped) => {
+            if keep_outputs {
+                finished.outputs = pumped.outputs;
+            }
+            (finished, Some(pumped.writer))
+        }
+        Err(error) => {
+            error!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, %error, "copying the task's output failed");
+            (finished, None)
+        }
     }
+}
+
+/// `program arg…`, quoted where a word needs it, for the log.
+fn command_line(spec: &sluice_tasks::ProcessSpec) -> String {
+    std::iter::once(&spec.program)
+        .chain(&spec.args)
+        .map(|word| {
+            if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Lowercase, like every other state name in logs.
@@ -291,13 +398,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Writes the plugin's files, opens the log, and builds the command.
+/// Writes the plugin's files and builds the command, its stdout and
+/// stderr on one pipe whose read end is returned.
 async fn prepare_process(
     dispatch: &TaskDispatch,
     spec: &sluice_tasks::ProcessSpec,
     workdir: &Path,
-    log_path: &Path,
-) -> Result<Command, String> {
+) -> Result<(Command, std::io::PipeReader), String> {
     let io = |what: &str, path: &Path, e: std::io::Error| {
         format!("cannot {what} {}: {e}", path.display())
     };
@@ -315,38 +422,26 @@ async fn prepare_process(
             .await
             .map_err(|e| io("write", &path, e))?;
     }
-    if let Some(parent) = log_path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| io("create log directory", parent, e))?;
-    }
-    // Append: a repeated attempt number (a worker restarted mid-attempt)
-    // must not erase what the first run logged.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(|e| io("open log file", log_path, e))?;
-    // One file description for both streams: their writes land in the
-    // order they happen.
-    let log_err = log
-        .try_clone()
-        .map_err(|e| io("open log file", log_path, e))?;
+    // One pipe for both streams: their writes reach the worker in the
+    // order they happen, and the worker stamps and writes each line.
+    let pipe_error = |e: std::io::Error| format!("cannot create a pipe for the task's output: {e}");
+    let (output, stdout) = std::io::pipe().map_err(pipe_error)?;
+    let stderr = stdout.try_clone().map_err(pipe_error)?;
 
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
         .current_dir(workdir)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
         // Its own process group, so that a kill reaches everything the task
         // started, and a Ctrl-C aimed at the worker does not reach tasks.
         .process_group(0);
     for (name, value) in env(dispatch, spec)? {
         command.env(name, value);
     }
-    Ok(command)
+    Ok((command, output))
 }
 
 /// The task's environment on top of the worker's: the plugin's variables,
@@ -383,22 +478,6 @@ fn env(
         ("SLUICE_PROJECT".to_owned(), dispatch.project.clone()),
     ]);
     Ok(vars)
-}
-
-/// The `${setValue(key=value)}` lines of an attempt's log, read line by
-/// line so that a huge log is never held in memory.
-async fn read_outputs(log_path: &Path) -> BTreeMap<String, String> {
-    use tokio::io::AsyncBufReadExt;
-    let mut outputs = BTreeMap::new();
-    let Ok(file) = tokio::fs::File::open(log_path).await else { return outputs };
-    let mut lines = tokio::io::BufReader::new(file).split(b'\n');
-    while let Ok(Some(line)) = lines.next_segment().await {
-        let line = String::from_utf8_lossy(&line);
-        if line.contains("${setValue(") {
-            sluice_params::output_params(&line, &mut outputs);
-        }
-    }
-    outputs
 }
 
 /// The report for a process that ended by itself.

@@ -3,10 +3,12 @@
 //! that owns the workflow instance.
 //!
 //! - `executor`: one attempt, from queue entry to final report (working
-//!   directory, log file, process group, timeout, kill).
+//!   directory, log, process group, timeout, kill, copy to the log store).
+//! - `logs`: attempt logs: the one pipe a task's output goes through, the
+//!   log file, reading and following it.
 //! - `outbox`: ordered, at-least-once delivery of task events per master.
 //! - `running`: the attempts in flight and how to stop one.
-//! - `service`: the gRPC `WorkerService` (`KillTask`).
+//! - `service`: the gRPC `WorkerService` (`KillTask`, `ReadLog`, `FollowLog`).
 //! - `host`: the machine load carried by heartbeats.
 //!
 //! Task types are not known here: [`sluice_tasks::TaskPlugins`] turns a
@@ -14,6 +16,7 @@
 
 mod executor;
 mod host;
+mod logs;
 mod orphans;
 mod outbox;
 mod running;
@@ -29,6 +32,7 @@ use chrono::Utc;
 use futures::future::{select_all, BoxFuture};
 use sluice_config::WorkerConfig;
 use sluice_domain::{TaskDispatch, TaskInstanceId, WorkerHeartbeat};
+use sluice_logs::LogStore;
 use sluice_proto::v1::task_event_request::Event;
 use sluice_proto::v1::worker_service_server::WorkerServiceServer;
 use sluice_proto::v1::TaskEventRequest;
@@ -41,6 +45,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::host::HostSampler;
+use crate::logs::LiveLogs;
 use crate::outbox::Outbox;
 use crate::running::Running;
 pub use crate::running::TaskAttempt;
@@ -87,6 +92,10 @@ pub(crate) struct Shared {
     pub(crate) plugins: TaskPlugins,
     pub(crate) running: Arc<Running>,
     pub(crate) outbox: Arc<Outbox>,
+    pub(crate) logs: Arc<LiveLogs>,
+    /// Where finished attempts' logs are copied; none in tests that do
+    /// not care.
+    pub(crate) log_store: Option<Arc<dyn LogStore>>,
 }
 
 impl Shared {
@@ -113,6 +122,8 @@ pub struct Worker {
     plugins: TaskPlugins,
     stop_timeout: Duration,
     orphan_check: Duration,
+    log_store: Option<Arc<dyn LogStore>>,
+    log_retention: Option<Duration>,
     started: Option<Started>,
 }
 
@@ -125,6 +136,7 @@ struct Started {
     stop_taking: CancellationToken,
     take_loop: JoinHandle<()>,
     orphan_loop: JoinHandle<()>,
+    retention_loop: JoinHandle<()>,
     stop_serving: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -139,8 +151,18 @@ impl Worker {
             plugins: TaskPlugins::builtin(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             orphan_check: orphans::CHECK_EVERY,
+            log_store: None,
+            log_retention: None,
             started: None,
         }
+    }
+
+    /// Copies each finished attempt's log to `store` before reporting the
+    /// end, and deletes local logs older than `retention` (if set).
+    pub fn with_log_store(mut self, store: Arc<dyn LogStore>, retention: Option<Duration>) -> Self {
+        self.log_store = Some(store);
+        self.log_retention = retention;
+        self
     }
 
     /// Replaces the task types this worker can run.
@@ -166,6 +188,7 @@ impl Worker {
         started.stop_taking.cancel();
         started.take_loop.abort();
         started.orphan_loop.abort();
+        started.retention_loop.abort();
         started.shared.outbox.close();
         started.shared.running.stop_all(running::StopCause::Kill("worker crashed".into()));
         drop(started.heartbeats);
@@ -236,10 +259,13 @@ impl Worker {
         let addr = sluice_config::advertise_addr(self.config.advertise.as_deref(), local_addr);
 
         let running = Arc::new(Running::default());
+        let live_logs = Arc::new(LiveLogs::default());
         let stop_serving = CancellationToken::new();
         let server = {
             let service = WorkerServiceServer::new(service::WorkerApi {
                 running: running.clone(),
+                logs: live_logs.clone(),
+                log_dir: log_dir.clone(),
             });
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let stop = stop_serving.clone();
@@ -260,6 +286,8 @@ impl Worker {
             plugins: self.plugins.clone(),
             running,
             outbox: Outbox::new(self.registry.clone()),
+            logs: live_logs,
+            log_store: self.log_store.clone(),
         });
 
         let heartbeats = match self.register(&shared, slots, work_dir).await {
@@ -286,6 +314,11 @@ impl Worker {
             self.orphan_check,
             stop_taking.clone(),
         ));
+        let retention_loop = tokio::spawn(logs::retention_loop(
+            shared.log_dir.clone(),
+            self.log_retention,
+            stop_taking.clone(),
+        ));
         info!(%addr, %local_addr, groups = ?self.config.groups, slots, task_types = ?self.plugins.known(), "worker started");
         self.started = Some(Started {
             local_addr,
@@ -296,6 +329,7 @@ impl Worker {
             stop_taking,
             take_loop,
             orphan_loop,
+            retention_loop,
             stop_serving,
             server,
         });
@@ -373,6 +407,7 @@ impl Worker {
         started.stop_taking.cancel();
         let _ = started.take_loop.await;
         let _ = started.orphan_loop.await;
+        let _ = started.retention_loop.await;
 
         // Every slot back means every attempt has finished and queued its
         // last event. Heartbeats keep going meanwhile: a worker that

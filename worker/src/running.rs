@@ -1,6 +1,6 @@
 //! The attempts this worker is running, and the way to stop one of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_domain::TaskInstanceId;
@@ -35,7 +35,15 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct Running {
     entries: Mutex<BTreeMap<TaskAttempt, Entry>>,
+    /// Attempts this process ran to their end, the last [`REMEMBERED`]: a
+    /// master whose queue put was interrupted may put the entry again when
+    /// it cannot tell whether a worker took it, and this worker must not run
+    /// the attempt a second time if it was the one.
+    ran: Mutex<(HashSet<TaskAttempt>, VecDeque<TaskAttempt>)>,
 }
+
+/// How many finished attempts a worker remembers.
+const REMEMBERED: usize = 100_000;
 
 impl Running {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<TaskAttempt, Entry>> {
@@ -45,15 +53,16 @@ impl Running {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records `attempt` as running; `None` if it already is (the same
-    /// attempt queued twice), in which case the caller must not run it.
-    /// The attempt stays recorded until the returned guard is dropped.
+    /// Records `attempt` as running; `None` if it already is or already
+    /// ran here (the same attempt queued twice), in which case the caller
+    /// must not run it. The attempt stays recorded as running until the
+    /// returned guard is dropped, then as ran.
     pub(crate) fn start(
         self: &Arc<Self>,
         attempt: TaskAttempt,
     ) -> Option<(RunningGuard, oneshot::Receiver<StopCause>)> {
         let mut entries = self.lock();
-        if entries.contains_key(&attempt) {
+        if entries.contains_key(&attempt) || self.ran.lock().unwrap_or_else(|p| p.into_inner()).0.contains(&attempt) {
             return None;
         }
         let (stop, stopped) = oneshot::channel();
@@ -112,7 +121,18 @@ pub(crate) struct RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.running.lock().remove(&self.attempt);
+        let mut entries = self.running.lock();
+        entries.remove(&self.attempt);
+        let mut ran = self.running.ran.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, order) = &mut *ran;
+        if set.insert(self.attempt) {
+            order.push_back(self.attempt);
+            if order.len() > REMEMBERED {
+                if let Some(oldest) = order.pop_front() {
+                    set.remove(&oldest);
+                }
+            }
+        }
     }
 }
 
@@ -136,6 +156,7 @@ mod tests {
         assert_eq!(running.len(), 2);
         drop(guard);
         assert_eq!(running.attempts(), [attempt(1, 2)]);
+        assert!(running.start(attempt(1, 1)).is_none(), "an attempt that ran here does not run again");
     }
 
     #[test]

@@ -152,6 +152,39 @@ impl Drop for RecordingMaster {
     }
 }
 
+/// An attempt's log, each line checked against the format
+/// `<RFC 3339 UTC ms> [out|sluice] text`.
+struct Log {
+    lines: Vec<(String, String)>,
+}
+
+impl Log {
+    fn read(path: impl AsRef<Path>) -> Log {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.ends_with('\n'), "{text}");
+        let lines = text
+            .lines()
+            .map(|line| {
+                let (at, rest) = line.split_once(' ').unwrap_or_else(|| panic!("no timestamp: {line}"));
+                assert_eq!(at.len(), 24, "{line}");
+                chrono::DateTime::parse_from_rfc3339(at).unwrap_or_else(|e| panic!("bad timestamp ({e}): {line}"));
+                let (source, text) = rest.split_once("] ").unwrap_or_else(|| panic!("no source: {line}"));
+                (source.trim_start_matches('[').to_owned(), text.to_owned())
+            })
+            .collect();
+        Log { lines }
+    }
+
+    /// The task's output, one `\n`-ended line per log line.
+    fn out(&self) -> String {
+        self.lines.iter().filter(|(s, _)| s == "out").map(|(_, t)| format!("{t}\n")).collect()
+    }
+
+    fn sluice(&self) -> Vec<&str> {
+        self.lines.iter().filter(|(s, _)| s == "sluice").map(|(_, t)| t.as_str()).collect()
+    }
+}
+
 fn kind(event: &TaskEventRequest) -> &'static str {
     match event.event {
         Some(Event::Running(_)) => "running",
@@ -369,13 +402,20 @@ echo 'rows: ${setValue(rows=42)} ${setValue(day=$dt)}' | sed "s/\$dt/$dt/"
         setup.dir.path().join("logs/7/11_1.log")
     );
     let workdir = setup.workdir(&t);
+    let log = Log::read(&log_path);
     assert_eq!(
-        std::fs::read_to_string(&log_path).unwrap(),
+        log.out(),
         format!(
             "dt=20260101\nids=7/11/1\nnames=demo/etl/t11\ncwd={}\nto stderr\nback to stdout\nrows: ${{setValue(rows=42)}} ${{setValue(day=20260101)}}\n",
             workdir.display()
         )
     );
+    let notes = log.sluice();
+    assert!(notes[0].starts_with("attempt 1 of task `t11` (shell) of demo/etl, workflow instance 7, on worker "), "{notes:?}");
+    assert_eq!(notes[1], "parameters: dt=20260101");
+    assert_eq!(notes[2], format!("command: bash {}/script.sh", workdir.display()));
+    assert!(notes[3].starts_with("finished: success (exit code 0) after "), "{notes:?}");
+    assert_eq!(notes.len(), 4, "{notes:?}");
     assert_eq!(
         std::fs::read_to_string(workdir.join("out.txt")).unwrap(),
         "20260101\n"
@@ -400,10 +440,7 @@ async fn python_task_succeeds_and_its_streams_interleave_in_order() {
     let (events, finished) = master.until_finished().await;
     assert_eq!(finished.outcome(), TaskOutcome::Success, "{finished:?}");
     let (_, log_path) = running_of(&events[0]);
-    assert_eq!(
-        std::fs::read_to_string(log_path).unwrap(),
-        "dt 20260102\nerr\nattempt 1\n"
-    );
+    assert_eq!(Log::read(&log_path).out(), "dt 20260102\nerr\nattempt 1\n");
     worker.stop().await.unwrap();
 }
 
@@ -467,6 +504,10 @@ async fn timeout_fail_kills_the_whole_process_group() {
         assert!(!alive(pid), "pid {pid} survived the timeout");
     }
     assert!(worker.running_tasks().is_empty());
+    let log = Log::read(running_of(&events[0]).1);
+    let notes = log.sluice();
+    assert!(notes.contains(&"timed out after 2s; killing the task"), "{notes:?}");
+    assert!(notes.last().unwrap().starts_with("finished: failure (timed out after 2s) after 2"), "{notes:?}");
     worker.stop().await.unwrap();
 }
 
@@ -853,4 +894,63 @@ async fn stop_kills_tasks_left_at_its_deadline_and_reports_them() {
         other => panic!("expected finished, got {other:?}"),
     }
     assert!(!alive(leader));
+}
+
+/// A task that prints no newline, binary, and leaves a line unfinished
+/// still gets a log of whole, valid lines; the log is served over gRPC
+/// in pages from byte offsets, and followed to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_output_becomes_whole_lines_served_in_pages_and_followed() {
+    use sluice_proto::v1::worker_service_client::WorkerServiceClient;
+    use sluice_proto::v1::ReadLogRequest;
+
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let mut worker = setup.worker(2).await;
+    let t = shell(&master.addr(), 21, "printf 'waiting'; sleep 1.5; printf 'bin\\000\\377\\r\\033[1m\\n'; printf 'tail'\n");
+    setup.put(&t).await;
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(finished.outcome(), TaskOutcome::Success, "{finished:?}");
+    let log = Log::read(running_of(&events[0]).1);
+    // Quiet for a second: the partial line is written as it is.
+    assert_eq!(log.out(), "waiting\nbin\u{fffd}\u{fffd}\u{fffd}\u{1b}[1m\ntail\n", "NUL, a byte that is not UTF-8 and a lone CR are replaced");
+
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr())).await.unwrap();
+    let request = |offset: u64, limit: u32| ReadLogRequest { workflow_instance_id: 7, task_instance_id: 21, attempt: 1, offset, limit };
+    let first = client.read_log(request(0, 2)).await.unwrap().into_inner();
+    assert_eq!(first.lines.len(), 2);
+    assert!(first.lines[0].contains(" [sluice] attempt 1 of task `t21`"), "{first:?}");
+    assert!(!first.finished);
+    let mut all = first.lines.clone();
+    let mut offset = first.next_offset;
+    loop {
+        let page = client.read_log(request(offset, 2)).await.unwrap().into_inner();
+        all.extend(page.lines);
+        offset = page.next_offset;
+        if page.finished {
+            break;
+        }
+    }
+    let file = std::fs::read_to_string(running_of(&events[0]).1).unwrap();
+    assert_eq!(all.join("\n") + "\n", file, "paging gave back the whole file");
+    assert_eq!(offset, file.len() as u64);
+
+    let error = client.read_log(request(3, 2)).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    let error = client.read_log(ReadLogRequest { attempt: 2, ..request(0, 2) }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+    let error = client.follow_log(ReadLogRequest { attempt: 2, ..request(0, 2) }).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+
+    // Following a finished attempt sends everything, then ends.
+    let mut stream = client.follow_log(request(first.next_offset, 0)).await.unwrap().into_inner();
+    let mut followed = first.lines.clone();
+    let mut last = None;
+    while let Some(page) = stream.message().await.unwrap() {
+        followed.extend(page.lines.clone());
+        last = Some(page);
+    }
+    assert!(last.unwrap().finished);
+    assert_eq!(followed, all);
+    worker.stop().await.unwrap();
 }

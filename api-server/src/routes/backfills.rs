@@ -116,6 +116,8 @@ async fn create_backfill(
     let runs = times.len() as u32;
     let new = NewBackfill { workflow_id: def.id, workflow_version: def.version, schedule_times: times, parallelism: plan.parallelism, params: plan.params };
     let backfill = state.store.create_backfill(&new).await?;
+    // Its runs are created by the masters' command scan.
+    state.commands.send();
     tracing::info!(
         project = %project.name, workflow = %name, version = def.version, backfill = %backfill.id, runs,
         parallelism = plan.parallelism, "backfill created"
@@ -167,6 +169,7 @@ async fn stop_backfill(
         return Err(ApiError::conflict(format!("backfill {id} is already {}", backfill.state)));
     }
     let stopped = state.store.stop_backfill(backfill.id).await?;
+    state.commands.send();
     // The runs that were still going when it stopped got a stop command
     // each (in the store's transaction); they are the ones not over yet.
     let stopping: Vec<i64> =

@@ -58,7 +58,9 @@ impl AppState {
     async fn instance_command(&self, instance: &WorkflowInstance, kind: CommandKind, tasks: Vec<String>) -> ApiResult<CommandId> {
         let command =
             NewCommand { kind, workflow_instance_id: Some(instance.id), start_tasks: tasks, ..NewCommand::start(instance.workflow_id) };
-        Ok(self.store.insert_command(&command).await?)
+        let id = self.store.insert_command(&command).await?;
+        self.commands.send();
+        Ok(id)
     }
 
     /// 409 when a restart of `instance` is already queued and no master

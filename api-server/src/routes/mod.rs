@@ -4,6 +4,7 @@
 
 mod backfills;
 mod instances;
+mod logs;
 mod meta;
 mod projects;
 mod schedules;
@@ -12,6 +13,7 @@ mod workflows;
 use std::sync::Arc;
 
 use sluice_domain::{Project, WorkflowDefinition};
+use sluice_registry::{paths, Registry};
 use sluice_storage::Store;
 use sluice_tasks::TaskPlugins;
 use utoipa_axum::router::OpenApiRouter;
@@ -19,11 +21,35 @@ use utoipa_axum::router::OpenApiRouter;
 pub(crate) use meta::{docs_page, method_not_allowed, not_found, openapi_json};
 
 use crate::error::{ApiError, ApiResult};
+use crate::logs::LogAccess;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub plugins: Arc<TaskPlugins>,
+    pub logs: LogAccess,
+    pub commands: CommandSignal,
+}
+
+/// Wakes the masters' command scans once the API inserted commands.
+#[derive(Clone, Default)]
+pub(crate) struct CommandSignal(Option<Arc<dyn Registry>>);
+
+impl CommandSignal {
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        CommandSignal(Some(registry))
+    }
+
+    /// Signals in the background: the request does not wait on the
+    /// registry, and a lost signal only costs the wait for the next poll.
+    pub fn send(&self) {
+        let Some(registry) = self.0.clone() else { return };
+        tokio::spawn(async move {
+            if let Err(error) = registry.signal(&paths::commands_signal()).await {
+                tracing::debug!(%error, "commands signal not sent; masters will find the commands at their next poll");
+            }
+        });
+    }
 }
 
 /// Every documented route, relative to `/api/v1`.
@@ -32,6 +58,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .merge(schedules::routes())
         .merge(instances::routes())
         .merge(backfills::routes())
+        .merge(logs::routes())
 }
 
 impl AppState {

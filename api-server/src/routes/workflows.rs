@@ -203,6 +203,7 @@ async fn run_workflow(
         return Ok((StatusCode::OK, Json(accepted)));
     }
     let (instance, command) = state.store.submit_run(&plan.instance, &plan.command).await?;
+    state.commands.send();
     tracing::info!(project = %project.name, workflow = %name, version = def.version, workflow_instance = %instance, command = %command, "run submitted");
     accepted.workflow_instance_id = Some(instance.get());
     Ok((StatusCode::ACCEPTED, Json(accepted)))

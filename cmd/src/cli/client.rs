@@ -26,6 +26,9 @@ pub enum ClientError {
     /// An answer that is not the API's (a proxy, another service on the port).
     #[error("{request} answered {status}: {body}")]
     Unexpected { request: String, status: StatusCode, body: String },
+    /// A log stream that broke off.
+    #[error("{request}: {message}")]
+    Stream { request: String, message: String },
     #[error("{request}: unreadable answer: {cause}")]
     Decode { request: String, cause: String },
 }
@@ -55,6 +58,7 @@ pub struct Answer<T> {
     pub json: Value,
 }
 
+#[derive(Clone)]
 pub struct Client {
     /// `…/api/v1`, without a trailing slash.
     base: Url,
@@ -152,6 +156,50 @@ impl Client {
 
     pub async fn run(&self, project: &str, workflow: &str, run: &RunRequest) -> Result<Answer<RunAccepted>, ClientError> {
         self.call(self.request(Method::POST, &["projects", project, "workflows", workflow, "runs"]).json(run)).await
+    }
+
+    /// A page of a task instance's log (`attempt`: its current one if unset).
+    pub async fn log_page(&self, task: i64, attempt: Option<u32>, offset: u64, limit: u32) -> Result<Answer<TaskLogPage>, ClientError> {
+        let mut url = self.url(&["task-instances", &task.to_string(), "log"]);
+        url.query_pairs_mut().append_pair("offset", &offset.to_string()).append_pair("limit", &limit.to_string());
+        if let Some(attempt) = attempt {
+            url.query_pairs_mut().append_pair("attempt", &attempt.to_string());
+        }
+        self.call(self.http.get(url)).await
+    }
+
+    /// Follows a task instance's log; `on_line` gets each line as it is
+    /// written. Returns once the attempt is over and every line was seen.
+    pub async fn follow_log(&self, task: i64, attempt: Option<u32>, mut on_line: impl FnMut(&str)) -> Result<(), ClientError> {
+        let mut url = self.url(&["task-instances", &task.to_string(), "log", "stream"]);
+        if let Some(attempt) = attempt {
+            url.query_pairs_mut().append_pair("attempt", &attempt.to_string());
+        }
+        // A task may run for days; the client's overall timeout is for
+        // ordinary requests.
+        let request = self.http.get(url).timeout(Duration::from_secs(365 * 86_400)).build().expect("requests the CLI builds are well-formed");
+        let described = format!("{} {}", request.method(), request.url());
+        let mut response = self.http.execute(request).await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(error) => ClientError::Api(error.error, status),
+                Err(_) => ClientError::Unexpected { request: described, status, body: snippet(&body) },
+            });
+        }
+        let mut events = SseParser::default();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(e))? {
+            for (event, data) in events.push(&chunk) {
+                match event.as_str() {
+                    "line" => on_line(&data),
+                    "end" => return Ok(()),
+                    "error" => return Err(ClientError::Stream { request: described, message: data }),
+                    _ => {}
+                }
+            }
+        }
+        Err(ClientError::Stream { request: described, message: "the stream ended before the log did".into() })
     }
 
     pub async fn instance(&self, id: i64) -> Result<Answer<WorkflowInstanceView>, ClientError> {
@@ -260,6 +308,35 @@ impl Client {
 }
 
 /// The start of a body that is not the API's JSON, on one line.
+/// Server-Sent Events from chunks as they arrive: `(event, data)` pairs.
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+}
+
+impl SseParser {
+    fn push(&mut self, chunk: &[u8]) -> Vec<(String, String)> {
+        self.buffer.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            let (mut event, mut data) = ("message".to_owned(), Vec::new());
+            for line in String::from_utf8_lossy(&block).lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim_start().to_owned();
+                } else if let Some(text) = line.strip_prefix("data:") {
+                    data.push(text.strip_prefix(' ').unwrap_or(text).to_owned());
+                }
+            }
+            // Comment-only blocks are keep-alives.
+            if !data.is_empty() {
+                events.push((event, data.join("\n")));
+            }
+        }
+        events
+    }
+}
+
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");

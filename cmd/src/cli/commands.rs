@@ -96,7 +96,7 @@ async fn follow(
     if !json {
         println!("{line}");
     }
-    let (end, end_json) = wait(client, answer.value.workflow_instance_id, None, answer.value.run).await?;
+    let (end, end_json) = wait(client, answer.value.workflow_instance_id, None, answer.value.run, None).await?;
     Ok(ended(&end, &end_json, None, json))
 }
 

@@ -1,7 +1,7 @@
 //! The command-line client: `apply`, `validate`, `run`, `status`,
 //! `instances`, `stop`, `kill`, `rerun`, `recover`, `pause`, `resume`,
 //! `force-success`, `schedule`, `backfill`, `backfill-status`,
-//! `backfill-stop`. Everything but `validate` goes through the REST API;
+//! `backfill-stop`, `logs`. Everything but `validate` goes through the REST API;
 //! nothing here touches the database or the registry.
 //!
 //! Exit codes: 0 done; 1 what `--wait` waited on did not succeed (a
@@ -13,6 +13,7 @@ mod apply;
 mod backfill;
 mod client;
 mod commands;
+mod logs;
 mod output;
 mod run;
 mod schedule;
@@ -85,6 +86,8 @@ pub enum ClientCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Print a task instance's log (-f: follow it until the task ends).
+    Logs(logs::LogsArgs),
     /// Kill one running task instance.
     Kill {
         /// Task instance id (the ID column of `sluice status`).
@@ -214,6 +217,7 @@ async fn dispatch(command: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ClientCommand::Logs(args) => logs::logs(args).await,
         ClientCommand::Rerun(args) => commands::restart("rerun", args).await,
         ClientCommand::Recover(args) => commands::restart("recover", args).await,
         ClientCommand::Pause { id, server, output } => commands::pause(id, server, output).await,

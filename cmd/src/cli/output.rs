@@ -299,6 +299,12 @@ impl Progress {
         Progress { terminal: std::io::stderr().is_terminal(), last: String::new() }
     }
 
+    /// One line per change, never redrawn: for when other output (task
+    /// logs) is printed meanwhile.
+    pub fn plain_on_stderr() -> Progress {
+        Progress { terminal: false, last: String::new() }
+    }
+
     pub fn show(&mut self, line: &str) {
         if line == self.last {
             return;

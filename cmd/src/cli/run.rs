@@ -10,6 +10,7 @@ use clap::builder::PossibleValuesParser;
 use sluice_domain::{FailureStrategy, Params, Priority, RunScope, TaskState, WorkflowState};
 
 use super::client::Client;
+use super::logs::RunLogs;
 use super::output::{self, Format, Progress};
 use super::{Output, Server, FAILED};
 
@@ -42,6 +43,10 @@ pub struct RunArgs {
     /// Follow the run to its end; exit 0 if it succeeded, 1 if not.
     #[arg(long)]
     wait: bool,
+    /// With --wait: print each task's log as it runs, every line prefixed
+    /// by `[task name] `.
+    #[arg(long, requires = "wait")]
+    logs: bool,
     #[command(flatten)]
     server: Server,
     #[command(flatten)]
@@ -108,7 +113,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !json {
         println!("instance {id}: {project}/{workflow} version {} ({})", accepted.version, tasks_text(accepted.tasks.len()));
     }
-    let (end, end_json) = wait(&client, id, Some(accepted.tasks.len()), None).await?;
+    let mut logs = args.logs.then(RunLogs::default);
+    let (end, end_json) = wait(&client, id, Some(accepted.tasks.len()), None, logs.as_mut()).await?;
+    if let Some(logs) = logs {
+        logs.finish().await;
+    }
     Ok(ended(&end, &end_json, Some(accepted.tasks.len()), json))
 }
 
@@ -137,8 +146,10 @@ pub(super) async fn wait(
     id: i64,
     total: Option<usize>,
     run: Option<u32>,
+    mut logs: Option<&mut RunLogs>,
 ) -> anyhow::Result<(WorkflowInstanceView, serde_json::Value)> {
-    let mut progress = Progress::on_stderr();
+    // Log lines and a progress line redrawn under them do not mix.
+    let mut progress = if logs.is_some() { Progress::plain_on_stderr() } else { Progress::on_stderr() };
     loop {
         let answer = match client.instance(id).await {
             Ok(answer) => answer,
@@ -148,6 +159,11 @@ pub(super) async fn wait(
             }
         };
         let started = run.is_none_or(|run| answer.value.run >= run);
+        if let Some(logs) = logs.as_deref_mut() {
+            if started {
+                logs.update(client, &answer.value);
+            }
+        }
         if started && is_final(&answer.value) {
             progress.finish();
             return Ok((answer.value, answer.json));

@@ -49,8 +49,21 @@ pub(crate) use both_deployments;
 
 pub enum Deployment {
     /// `sluice standalone` as a child process; its log goes to a file.
-    Binary { child: std::process::Child, url: String, dir: tempfile::TempDir },
+    Binary { child: ChildGuard, url: String, dir: tempfile::TempDir },
     Cluster(Box<Sandbox>),
+}
+
+/// A child process killed when dropped unless it already ended: a test
+/// that panics leaves no `sluice` behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 pub fn free_addr() -> SocketAddr {
@@ -74,9 +87,10 @@ impl Deployment {
             .env("SLUICE_WORKER__LISTEN", free_addr().to_string())
             .env("SLUICE_WORKER__WORK_DIR", dir.path().join("work"))
             .env("SLUICE_WORKER__LOG_DIR", dir.path().join("logs"))
+            .env("SLUICE_LOG_STORE__DIR", dir.path().join("log-store"))
             .stdout(Stdio::null())
             .stderr(log);
-        let child = command.spawn().unwrap();
+        let child = ChildGuard(command.spawn().unwrap());
         let mut deployment = Deployment::Binary { child, url: format!("http://{api}"), dir };
         deployment.wait_healthy().await;
         deployment
@@ -117,7 +131,7 @@ impl Deployment {
                 }
             }
             if let Deployment::Binary { child, .. } = self {
-                if let Some(status) = child.try_wait().unwrap() {
+                if let Some(status) = child.0.try_wait().unwrap() {
                     panic!("sluice standalone exited with {status}:\n{}", self.log());
                 }
             }
@@ -129,10 +143,10 @@ impl Deployment {
     pub async fn shutdown(self) {
         match self {
             Deployment::Binary { mut child, dir, .. } => {
-                let pid = child.id().to_string();
+                let pid = child.0.id().to_string();
                 let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
                 assert!(status.success());
-                let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+                let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap()).await.unwrap();
                 let log = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default();
                 assert!(status.success(), "sluice standalone exited with {status}:\n{log}");
             }

@@ -39,6 +39,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub alert: AlertConfig,
     pub log: LogConfig,
+    pub log_store: LogStoreConfig,
 }
 
 impl Config {
@@ -310,6 +311,30 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::default(),
+        }
+    }
+}
+
+/// Where finished attempts' task logs are kept, so that they stay readable once
+/// their worker is gone. Workers write there, API servers read there when a worker
+/// cannot be reached, one master deletes what is older than `retention`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogStoreConfig {
+    /// A directory every worker, API server and master of the cluster sees (a shared
+    /// mount); on one machine, any directory.
+    pub dir: PathBuf,
+    /// Task logs older than this are deleted from the store and from workers'
+    /// `log_dir`; unset keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+}
+
+impl Default for LogStoreConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/tmp/sluice/log-store"),
+            retention: None,
         }
     }
 }

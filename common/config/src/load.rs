@@ -319,6 +319,8 @@ mod tests {
             ("SLUICE_CLUSTER__NAME", "123"),
             ("SLUICE_REGISTRY__KIND", "embedded"),
             ("SLUICE_MASTER__FAILOVER_GRACE", "1m"),
+            ("SLUICE_LOG_STORE__DIR", "/shared/logs"),
+            ("SLUICE_LOG_STORE__RETENTION", "30d"),
         ];
         let config = Config::load_from(Some(file.path()), env).unwrap();
         assert_eq!(config.worker.slots, Some(4));
@@ -329,6 +331,8 @@ mod tests {
         assert_eq!(config.cluster.name, "123");
         assert_eq!(config.registry.kind, RegistryKind::Embedded);
         assert_eq!(config.master.failover_grace, Duration::from_secs(60));
+        assert_eq!(config.log_store.dir, PathBuf::from("/shared/logs"));
+        assert_eq!(config.log_store.retention, Some(Duration::from_secs(30 * 86_400)));
     }
 
     #[test]
@@ -517,6 +521,8 @@ mod tests {
         assert_eq!(worker.registry.zookeeper, "127.0.0.1:2181");
         assert_eq!(worker.worker.groups, ["default"]);
         assert_eq!(worker.worker.listen.port(), 1234);
+        assert_eq!(worker.log_store.dir, Path::new("/tmp/sluice/log-store"));
+        assert_eq!(worker.log_store.retention, None);
 
         let api = deploy_example("api.toml");
         assert_eq!(api.database.url, cluster_db);

@@ -50,6 +50,10 @@ impl Config {
         positive("worker.heartbeat_interval", self.worker.heartbeat_interval)?;
         non_empty_path("worker.work_dir", &self.worker.work_dir)?;
         non_empty_path("worker.log_dir", &self.worker.log_dir)?;
+        non_empty_path("log_store.dir", &self.log_store.dir)?;
+        if let Some(retention) = self.log_store.retention {
+            positive("log_store.retention", retention)?;
+        }
 
         positive("alert.poll_interval", self.alert.poll_interval)?;
 

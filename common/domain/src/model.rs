@@ -82,9 +82,11 @@ pub struct UnknownValue {
 
 wire_enum!(
     /// Five levels for workflows and tasks; `Highest` runs first.
+    #[derive(Default)]
     Priority {
         Highest = "highest",
         High = "high",
+        #[default]
         Medium = "medium",
         Low = "low",
         Lowest = "lowest",
@@ -102,32 +104,24 @@ impl Priority {
     }
 }
 
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Medium
-    }
-}
-
 wire_enum!(
     /// What a workflow does when one of its tasks fails for good.
+    #[derive(Default)]
     FailureStrategy {
         /// Kill the running siblings and fail the workflow at once.
+        #[default]
         End = "end",
         /// Run every branch not downstream of the failure, then fail.
         Continue = "continue",
     }
 );
 
-impl Default for FailureStrategy {
-    fn default() -> Self {
-        FailureStrategy::End
-    }
-}
-
 wire_enum!(
     /// What happens when a task outlives its timeout.
+    #[derive(Default)]
     TimeoutStrategy {
         /// Alert, keep running.
+        #[default]
         Warn = "warn",
         /// Kill the task's process group; the attempt fails.
         Fail = "fail",
@@ -145,16 +139,12 @@ impl TimeoutStrategy {
     }
 }
 
-impl Default for TimeoutStrategy {
-    fn default() -> Self {
-        TimeoutStrategy::Warn
-    }
-}
-
 wire_enum!(
     /// What a schedule does about fire times missed while no master ran it.
+    #[derive(Default)]
     MisfirePolicy {
         /// One run stands for all the missed times.
+        #[default]
         RunOnce = "run_once",
         /// Every missed time runs, oldest first.
         RunAll = "run_all",
@@ -162,12 +152,6 @@ wire_enum!(
         Skip = "skip",
     }
 );
-
-impl Default for MisfirePolicy {
-    fn default() -> Self {
-        MisfirePolicy::RunOnce
-    }
-}
 
 wire_enum!(
     /// Which tasks a run started from chosen tasks includes.
@@ -630,6 +614,26 @@ impl NewCommand {
             scope: None,
             schedule_id: None,
             schedule_time: None,
+        }
+    }
+}
+
+impl NewWorkflowInstance {
+    /// A plain start of `def`'s version with its own priority, worker group
+    /// and failure strategy: no parameters, every task, no owner yet.
+    pub fn start(def: &WorkflowDefinition) -> Self {
+        NewWorkflowInstance {
+            workflow_id: def.id,
+            workflow_version: def.version,
+            command_kind: CommandKind::Start,
+            params: Params::new(),
+            priority: def.priority,
+            worker_group: def.worker_group.clone(),
+            failure_strategy: def.failure_strategy,
+            schedule_time: None,
+            owner: None,
+            start_tasks: Vec::new(),
+            scope: None,
         }
     }
 }

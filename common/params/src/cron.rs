@@ -54,7 +54,7 @@ impl Cron {
                 // Find the field at fault: each field alone in an otherwise
                 // neutral expression.
                 for (i, part) in parts.iter().enumerate() {
-                    let mut probe = vec!["0", "0", "0", "*", "*", "?", "*"];
+                    let mut probe = ["0", "0", "0", "*", "*", "?", "*"];
                     probe[i] = part;
                     if i == 5 {
                         probe[3] = "?";
@@ -83,6 +83,8 @@ impl Cron {
 }
 
 /// When a schedule fires: cron in a time zone, or every `every` from `start`.
+// One per schedule, built once: not worth a box for the cron variant's size.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Timing {
     Cron { cron: Cron, tz: Tz },

@@ -18,7 +18,7 @@ use crate::paths::{self, split_parent, validate_name, validate_path};
 use crate::types::{BoxFuture, ReleaseLock};
 use crate::{
     LockGuard, Member, MembershipEvent, MembershipWatch, QueueItem, Registry, RegistryError,
-    SessionState,
+    SessionState, SignalWatch,
 };
 
 type SessionId = u64;
@@ -42,6 +42,8 @@ struct HubState {
     queues: HashMap<String, Queue>,
     locks: HashMap<String, Arc<Semaphore>>,
     held: HashMap<u64, HeldLock>,
+    /// How many times each signal was sent; watchers wait for a change.
+    signals: HashMap<String, watch::Sender<u64>>,
     /// Sessions that have been closed: checked under the hub lock so that a
     /// session never gains a node or a lock after its close took them away.
     closed: std::collections::HashSet<SessionId>,
@@ -408,6 +410,36 @@ impl Registry for EmbeddedSession {
             .get(group)
             .map(|queue| queue.entries.keys().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn signal(&self, name: &str) -> Result<(), RegistryError> {
+        validate_path(name)?;
+        let mut st = self.hub.lock_state();
+        st.check_open(self.id)?;
+        st.signals
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .send_modify(|sent| *sent += 1);
+        Ok(())
+    }
+
+    async fn watch_signal(&self, name: &str) -> Result<SignalWatch, RegistryError> {
+        validate_path(name)?;
+        let mut st = self.hub.lock_state();
+        st.check_open(self.id)?;
+        // A new receiver has seen what was sent so far: it waits for the next.
+        let mut sent = st
+            .signals
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        let closed = self.closed.clone();
+        Ok(SignalWatch::new(async move {
+            tokio::select! {
+                _ = sent.changed() => {}
+                _ = closed.cancelled() => {}
+            }
+        }))
     }
 
     fn session_state(&self) -> watch::Receiver<SessionState> {

@@ -22,7 +22,7 @@ pub use crate::embedded::{EmbeddedRegistry, EmbeddedSession};
 pub use crate::error::RegistryError;
 pub use crate::heartbeat::Heartbeat;
 pub use crate::types::{
-    LockGuard, Member, MembershipEvent, MembershipWatch, QueueItem, SessionState,
+    LockGuard, Member, MembershipEvent, MembershipWatch, QueueItem, SessionState, SignalWatch,
 };
 pub use crate::zk::ZkRegistry;
 
@@ -89,6 +89,17 @@ pub trait Registry: Send + Sync + 'static {
     /// The keys queued for `group`, lowest (next to run) first.
     async fn queue_keys(&self, group: &str) -> Result<Vec<String>, RegistryError>;
 
+    /// Wakes every session watching the signal `name` (e.g.
+    /// [`paths::commands_signal`]): "there is something new, look now".
+    /// Signals carry nothing and may be lost (a watcher re-arming just
+    /// then misses one), so watchers also look on a timer.
+    async fn signal(&self, name: &str) -> Result<(), RegistryError>;
+
+    /// Watches the signal `name` once: the watch resolves on the first
+    /// signal after this call returned (or when the session ends). Set it
+    /// before looking, so that nothing signalled after the look is missed.
+    async fn watch_signal(&self, name: &str) -> Result<SignalWatch, RegistryError>;
+
     /// The session's state now and from now on.
     fn session_state(&self) -> watch::Receiver<SessionState>;
 
@@ -141,6 +152,12 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
     }
     async fn queue_keys(&self, group: &str) -> Result<Vec<String>, RegistryError> {
         (**self).queue_keys(group).await
+    }
+    async fn signal(&self, name: &str) -> Result<(), RegistryError> {
+        (**self).signal(name).await
+    }
+    async fn watch_signal(&self, name: &str) -> Result<SignalWatch, RegistryError> {
+        (**self).watch_signal(name).await
     }
     fn session_state(&self) -> watch::Receiver<SessionState> {
         (**self).session_state()

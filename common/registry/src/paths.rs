@@ -8,6 +8,7 @@ pub const MASTERS_DIR: &str = "nodes/masters";
 pub const WORKERS_DIR: &str = "nodes/workers";
 pub const LOCKS_DIR: &str = "locks";
 pub const QUEUE_DIR: &str = "queue";
+pub const SIGNALS_DIR: &str = "signals";
 
 /// Directory of the masters' ephemeral nodes.
 pub fn masters_dir() -> String {
@@ -49,10 +50,21 @@ pub fn retention_lock() -> String {
     format!("{LOCKS_DIR}/retention")
 }
 
+/// Lock held by the one master deleting expired task logs from the log store.
+pub fn log_retention_lock() -> String {
+    format!("{LOCKS_DIR}/log-retention")
+}
+
 /// Lock taken by the master that fails over the work of the lost `host`,
 /// so that two survivors never fail over the same host at once.
 pub fn failover_lock(host: &str) -> String {
     format!("{LOCKS_DIR}/failover/{host}")
+}
+
+/// Signal that new rows are in the `command` table: masters scan at once
+/// instead of at their next poll.
+pub fn commands_signal() -> String {
+    format!("{SIGNALS_DIR}/commands")
 }
 
 /// Directory of a worker group's ready-task queue.
@@ -136,6 +148,7 @@ mod tests {
         assert_eq!(failover_lock("10.0.0.2"), "locks/failover/10.0.0.2");
         assert_eq!(queue_dir("default"), "queue/default");
         assert_eq!(queue_node("default", "k"), "queue/default/k");
+        assert_eq!(commands_signal(), "signals/commands");
     }
 
     #[test]

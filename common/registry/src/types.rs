@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, watch};
 
@@ -61,6 +62,34 @@ impl fmt::Debug for MembershipWatch {
         f.debug_struct("MembershipWatch")
             .field("members", &self.members)
             .finish_non_exhaustive()
+    }
+}
+
+/// A one-shot watch of a signal ([`crate::Registry::watch_signal`]):
+/// resolves on the first [`crate::Registry::signal`] of its name after the
+/// watch was set, or when the watch can no longer tell (the session ended
+/// or was replaced). Resolving is only a hint to look again: whoever waits
+/// on it also looks now and then by itself, since a signal can be lost.
+#[must_use = "a signal watch does nothing unless awaited"]
+pub struct SignalWatch(BoxFuture);
+
+impl SignalWatch {
+    pub(crate) fn new(fired: impl Future<Output = ()> + Send + 'static) -> Self {
+        SignalWatch(Box::pin(fired))
+    }
+}
+
+impl Future for SignalWatch {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for SignalWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalWatch").finish_non_exhaustive()
     }
 }
 

@@ -586,6 +586,43 @@ mod suite {
         assert_eq!(worker.queue_take("default").await.unwrap().payload, b"d");
     }
 
+    pub async fn signal_wakes_watchers_of_other_sessions_once(cluster: &impl Cluster) {
+        let api = cluster.session().await;
+        let master_a = cluster.session().await;
+        let master_b = cluster.session().await;
+        let name = paths::commands_signal();
+        // The first signal ever (nothing to change yet) wakes too.
+        let a = master_a.watch_signal(&name).await.unwrap();
+        let b = master_b.watch_signal(&name).await.unwrap();
+        api.signal(&name).await.unwrap();
+        within("first signal at the first watcher", a).await;
+        within("first signal at the second watcher", b).await;
+        // Watches are one-shot; a new one waits for the next signal, which
+        // its own session may send too.
+        let again = master_a.watch_signal(&name).await.unwrap();
+        let other = master_a.watch_signal("signals/other").await.unwrap();
+        master_a.signal(&name).await.unwrap();
+        within("second signal", again).await;
+        // A signal of another name did not fire: fired now by its own.
+        api.signal("signals/other").await.unwrap();
+        within("signal of another name", other).await;
+        assert!(matches!(
+            api.signal("/abs").await,
+            Err(RegistryError::InvalidPath { .. })
+        ));
+    }
+
+    pub async fn signal_watch_ends_when_its_session_closes(cluster: &impl Cluster) {
+        let master = cluster.session().await;
+        let watch = master.watch_signal(&paths::commands_signal()).await.unwrap();
+        master.close().await;
+        within("signal watch ended by close", watch).await;
+        assert_eq!(
+            master.signal(&paths::commands_signal()).await,
+            Err(RegistryError::Closed)
+        );
+    }
+
     pub async fn session_reports_connected_then_closed(cluster: &impl Cluster) {
         let session = cluster.session().await;
         let mut state = session.session_state();
@@ -673,6 +710,8 @@ macro_rules! registry_contract_suite {
                 queue_put_of_a_queued_key_fails,
                 queue_groups_are_separate,
                 session_reports_connected_then_closed,
+                signal_wakes_watchers_of_other_sessions_once,
+                signal_watch_ends_when_its_session_closes,
                 invalid_paths_are_rejected,
             );
         }

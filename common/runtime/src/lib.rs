@@ -37,6 +37,10 @@ pub async fn run_roles(
     mut roles: Vec<Box<dyn Role>>,
     shutdown: CancellationToken,
 ) -> Result<(), RoleError> {
+    // Installed before the first role starts: a SIGTERM that arrives once
+    // a role serves requests but before the last one started must stop the
+    // process cleanly, not kill it.
+    let signal = wait_for_signal();
     let mut started = 0;
     let mut failure = None;
     for role in roles.iter_mut() {
@@ -56,7 +60,7 @@ pub async fn run_roles(
     if failure.is_none() {
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            signal = wait_for_signal() => tracing::info!(signal, "shutting down"),
+            signal = signal => tracing::info!(signal, "shutting down"),
         }
     }
     for role in roles[..started].iter_mut().rev() {
@@ -72,14 +76,17 @@ pub async fn run_roles(
     }
 }
 
-/// Resolves with the name of the first termination signal received.
-pub async fn wait_for_signal() -> &'static str {
+/// Resolves with the name of the first termination signal received from
+/// the call on (the handlers are installed by the call, not when polled).
+pub fn wait_for_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

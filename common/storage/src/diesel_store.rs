@@ -342,6 +342,36 @@ macro_rules! store_impl {
                 .get_result(c)?)
         }
 
+        impl DieselStore<Conn> {
+            /// Inserts task instances of the fenced instance in `state`, in
+            /// one transaction.
+            async fn insert_task_instances(&self, fence: Fence, new: &[NewTaskInstance], state: TaskState) -> Result<Vec<TaskInstance>> {
+                if let Some(stray) = new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
+                    return Err(StoreError::Conflict(format!(
+                        "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
+                        stray.name, stray.workflow_instance_id, fence.workflow_instance_id
+                    )));
+                }
+                let new = new.to_vec();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        check_fence(c, fence)?;
+                        let now = now_ms();
+                        new.iter()
+                            .map(|n| {
+                                diesel::insert_into(task_instances::table)
+                                    .values(NewTaskInstanceRow::new(n, state, now))
+                                    .returning(TaskInstanceRow::as_returning())
+                                    .get_result(c)?
+                                    .into_domain()
+                            })
+                            .collect()
+                    })
+                })
+                .await
+            }
+        }
+
         #[async_trait]
         impl Store for DieselStore<Conn> {
             fn backend(&self) -> Backend {
@@ -664,27 +694,61 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>> {
-                let (Some(schedule), Some(fire)) = (command.schedule_id, command.schedule_time) else {
-                    return Err(StoreError::Conflict("a scheduled command needs schedule_id and schedule_time".into()));
-                };
-                let row = NewCommandRow::new(command, now_ms());
+            async fn insert_scheduled_commands(&self, commands: &[NewCommand]) -> Result<Vec<Option<CommandId>>> {
+                let mut fires = Vec::with_capacity(commands.len());
+                for command in commands {
+                    let (Some(schedule), Some(fire)) = (command.schedule_id, command.schedule_time) else {
+                        return Err(StoreError::Conflict("a scheduled command needs schedule_id and schedule_time".into()));
+                    };
+                    fires.push((schedule.get(), ms(fire)));
+                }
+                let now = now_ms();
+                let rows: Vec<NewCommandRow> = commands.iter().map(|c| NewCommandRow::new(c, now)).collect();
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
-                        let inserted: Option<i64> = diesel::insert_into(commands::table)
-                            .values(&row)
-                            .on_conflict((commands::schedule_id, commands::schedule_time))
-                            .do_nothing()
-                            .returning(commands::id)
-                            .get_result(c)
-                            .optional()?;
-                        if inserted.is_some() {
-                            diesel::update(schedules::table.find(schedule.get()))
-                                .filter(schedules::last_fire.is_null().or(schedules::last_fire.lt(ms(fire))))
-                                .set(schedules::last_fire.eq(ms(fire)))
-                                .execute(c)?;
+                        let mut inserted: std::collections::HashMap<(i64, i64), i64> = std::collections::HashMap::new();
+                        // Well under both backends' limits on bound parameters.
+                        for chunk in rows.chunks(500) {
+                            let insert = |rows| {
+                                diesel::insert_into(commands::table)
+                                    .values(rows)
+                                    .on_conflict((commands::schedule_id, commands::schedule_time))
+                                    .do_nothing()
+                                    .returning((commands::id, commands::schedule_id, commands::schedule_time))
+                            };
+                            let ids: Vec<(i64, Option<i64>, Option<i64>)> = if $backend == Backend::Postgres {
+                                insert(chunk).get_results(c)?
+                            } else {
+                                // Diesel runs a SQLite batch with RETURNING row by row and
+                                // wants a row back from each; a skipped conflict has none.
+                                let mut ids = Vec::new();
+                                for row in chunk {
+                                    let id: Option<(i64, Option<i64>, Option<i64>)> =
+                                        insert(std::slice::from_ref(row)).get_result(c).optional()?;
+                                    ids.extend(id);
+                                }
+                                ids
+                            };
+                            for (id, schedule, fire) in ids {
+                                if let (Some(schedule), Some(fire)) = (schedule, fire) {
+                                    inserted.insert((schedule, fire), id);
+                                }
+                            }
                         }
-                        Ok(inserted.map(CommandId))
+                        // last_fire moves forward only; one statement per fire time.
+                        let mut by_time: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+                        for (schedule, fire) in inserted.keys() {
+                            by_time.entry(*fire).or_default().push(*schedule);
+                        }
+                        for (fire, schedule_ids) in by_time {
+                            for chunk in schedule_ids.chunks(500) {
+                                diesel::update(schedules::table.filter(schedules::id.eq_any(chunk)))
+                                    .filter(schedules::last_fire.is_null().or(schedules::last_fire.lt(fire)))
+                                    .set(schedules::last_fire.eq(fire))
+                                    .execute(c)?;
+                            }
+                        }
+                        Ok(fires.iter().map(|key| inserted.remove(key).map(CommandId)).collect())
                     })
                 })
                 .await
@@ -1088,46 +1152,35 @@ macro_rules! store_impl {
             }
 
             async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
-                if let Some(stray) = new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
-                    return Err(StoreError::Conflict(format!(
-                        "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
-                        stray.name, stray.workflow_instance_id, fence.workflow_instance_id
-                    )));
-                }
-                let new = new.to_vec();
+                self.insert_task_instances(fence, new, TaskState::Submitted).await
+            }
+
+            async fn create_dispatched_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
+                let dispatched = TaskState::Submitted.transition(TaskEvent::Dispatch).map_err(|e| StoreError::Conflict(e.to_string()))?;
+                self.insert_task_instances(fence, new, dispatched).await
+            }
+
+            async fn update_task_instances(&self, fence: Fence, updates: &[(TaskInstanceId, TaskUpdate)]) -> Result<Vec<TaskInstance>> {
+                let now = now_ms();
+                let changes: Vec<(TaskInstanceId, TaskChangeset)> = updates.iter().map(|(id, u)| (*id, TaskChangeset::new(u, now))).collect();
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         check_fence(c, fence)?;
-                        let now = now_ms();
-                        new.iter()
-                            .map(|n| {
-                                diesel::insert_into(task_instances::table)
-                                    .values(NewTaskInstanceRow::new(n, now))
+                        changes
+                            .iter()
+                            .map(|(id, changes)| {
+                                diesel::update(task_instances::table.find(id.get()))
+                                    .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                                    .set(changes)
                                     .returning(TaskInstanceRow::as_returning())
-                                    .get_result(c)?
+                                    .get_result(c)
+                                    .optional()?
+                                    .ok_or_else(|| StoreError::NotFound(format!(
+                                        "task instance {id} of workflow instance {}", fence.workflow_instance_id
+                                    )))?
                                     .into_domain()
                             })
                             .collect()
-                    })
-                })
-                .await
-            }
-
-            async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance> {
-                let changes = TaskChangeset::new(update, now_ms());
-                self.run(move |c: &mut Conn| {
-                    c.$txn(|c| {
-                        check_fence(c, fence)?;
-                        diesel::update(task_instances::table.find(id.get()))
-                            .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
-                            .set(&changes)
-                            .returning(TaskInstanceRow::as_returning())
-                            .get_result(c)
-                            .optional()?
-                            .ok_or_else(|| StoreError::NotFound(format!(
-                                "task instance {id} of workflow instance {}", fence.workflow_instance_id
-                            )))?
-                            .into_domain()
                     })
                 })
                 .await

@@ -89,7 +89,14 @@ pub trait Store: Send + Sync + 'static {
     /// `command.schedule_time` and records that time as the schedule's last
     /// fire, atomically. Returns `None` if that fire time already has a
     /// command: whoever fires it, a time fires once.
-    async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>>;
+    async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>> {
+        Ok(self.insert_scheduled_commands(std::slice::from_ref(command)).await?.pop().flatten())
+    }
+    /// [`Store::insert_scheduled_command`] for many fires in one
+    /// transaction (schedules that fire on the same second fire together):
+    /// the id of each command in `commands`' order, `None` where that fire
+    /// time already had one.
+    async fn insert_scheduled_commands(&self, commands: &[NewCommand]) -> Result<Vec<Option<CommandId>>>;
     /// Creates a workflow instance (state `submitted`, no owner) and the
     /// command that starts it, in one transaction, so the API can return the
     /// instance id before any master picked the command up.
@@ -146,7 +153,19 @@ pub trait Store: Send + Sync + 'static {
 
     // --- task instances
     async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
-    async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance>;
+    /// [`Store::create_task_instances`] with the new rows already
+    /// `dispatched`: a master queues tasks as soon as they are created, and
+    /// one commit instead of two (create, then mark) is most of what a
+    /// hand-off between two chained tasks costs.
+    async fn create_dispatched_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
+    async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance> {
+        let mut updated = self.update_task_instances(fence, &[(id, update.clone())]).await?;
+        Ok(updated.pop().expect("one update, one row"))
+    }
+    /// Applies several task updates under one fence check, in one
+    /// transaction: all or none (a master dispatching many ready tasks
+    /// persists them with one commit). Rows come back in `updates`' order.
+    async fn update_task_instances(&self, fence: Fence, updates: &[(TaskInstanceId, TaskUpdate)]) -> Result<Vec<TaskInstance>>;
     async fn task_instance(&self, id: TaskInstanceId) -> Result<Option<TaskInstance>>;
     async fn task_instances(&self, workflow_instance: WorkflowInstanceId) -> Result<Vec<TaskInstance>>;
 }

@@ -452,13 +452,13 @@ pub(crate) struct NewTaskInstanceRow {
 }
 
 impl NewTaskInstanceRow {
-    pub fn new(n: &NewTaskInstance, now: i64) -> Self {
+    pub fn new(n: &NewTaskInstance, state: TaskState, now: i64) -> Self {
         NewTaskInstanceRow {
             workflow_instance_id: n.workflow_instance_id.get(),
             task_definition_id: n.task_definition_id.get(),
             name: n.name.clone(),
             task_type: n.task_type.to_string(),
-            state: TaskState::Submitted.to_string(),
+            state: state.to_string(),
             attempt: 1,
             max_retries: n.max_retries as i32,
             failovers: 0,

@@ -62,6 +62,7 @@ store_suite!(
     deleting_a_workflow_removes_its_definition,
     schedules_are_upserted_and_toggled,
     a_fire_time_becomes_one_command,
+    fires_of_many_schedules_are_written_together,
     competing_masters_claim_each_command_once,
     commands_for_an_owned_instance_go_to_its_owner,
     released_commands_can_be_claimed_again,
@@ -69,6 +70,7 @@ store_suite!(
     instances_are_listed_newest_first_with_filters,
     stale_fences_are_refused,
     task_instances_are_created_and_updated_under_the_fence,
+    task_instances_can_be_created_dispatched,
     a_command_becomes_an_instance_atomically,
     backfills_create_runs_in_order_within_their_parallelism,
     a_finished_backfill_is_done,
@@ -106,19 +108,7 @@ async fn workflow(store: &Arc<dyn Store>) -> (Project, WorkflowDefinition) {
 }
 
 fn new_instance(w: &WorkflowDefinition, owner: Option<&str>) -> NewWorkflowInstance {
-    NewWorkflowInstance {
-        workflow_id: w.id,
-        workflow_version: w.version,
-        command_kind: CommandKind::Start,
-        params: Params::new(),
-        priority: w.priority,
-        worker_group: w.worker_group.clone(),
-        failure_strategy: w.failure_strategy,
-        schedule_time: None,
-        owner: owner.map(str::to_owned),
-        start_tasks: Vec::new(),
-        scope: None,
-    }
+    NewWorkflowInstance { owner: owner.map(str::to_owned), ..NewWorkflowInstance::start(w) }
 }
 
 async fn projects_are_unique_by_name(store: Arc<dyn Store>) {
@@ -274,17 +264,18 @@ async fn schedules_are_upserted_and_toggled(store: Arc<dyn Store>) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
+fn every_two_seconds() -> ScheduleSpec {
+    ScheduleSpec {
+        trigger: Trigger::Interval { every: Duration::from_secs(2), times: None },
+        start: None,
+        end: None,
+        misfire: MisfirePolicy::RunOnce,
+    }
+}
+
 async fn a_fire_time_becomes_one_command(store: Arc<dyn Store>) {
     let (_, w) = workflow(&store).await;
-    let s = store
-        .set_schedule(w.id, &ScheduleSpec {
-            trigger: Trigger::Interval { every: Duration::from_secs(2), times: None },
-            start: None,
-            end: None,
-            misfire: MisfirePolicy::RunOnce,
-        })
-        .await
-        .unwrap();
+    let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
     let fire = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
     let mut command = NewCommand::start(w.id);
     command.schedule_id = Some(s.id);
@@ -309,6 +300,36 @@ async fn a_fire_time_becomes_one_command(store: Arc<dyn Store>) {
     assert_eq!(stored[0].spec, command);
 
     let err = store.insert_scheduled_command(&NewCommand::start(w.id)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+async fn fires_of_many_schedules_are_written_together(store: Arc<dyn Store>) {
+    let fire = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
+    let mut commands = Vec::new();
+    let mut workflows = Vec::new();
+    let p = project(&store, "demo").await;
+    for i in 0..3 {
+        store.save_workflow(p.id, &diamond(&format!("etl{i}"))).await.unwrap();
+        let w = store.workflow(p.id, &format!("etl{i}"), None).await.unwrap().unwrap();
+        let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
+        let mut command = NewCommand::start(w.id);
+        command.schedule_id = Some(s.id);
+        command.schedule_time = Some(fire);
+        commands.push(command);
+        workflows.push(w.id);
+    }
+    // The second schedule's time was fired already (another leader).
+    assert!(store.insert_scheduled_command(&commands[1]).await.unwrap().is_some());
+    // The same fire twice in one batch also becomes one command.
+    let batch = vec![commands[0].clone(), commands[1].clone(), commands[2].clone(), commands[2].clone()];
+    let ids = store.insert_scheduled_commands(&batch).await.unwrap();
+    assert!(ids[0].is_some() && ids[1].is_none() && ids[2].is_some() && ids[3].is_none(), "{ids:?}");
+    assert_eq!(store.unclaimed_commands().await.unwrap().len(), 3);
+    for w in workflows {
+        assert_eq!(store.schedule(w).await.unwrap().unwrap().last_fire, Some(fire));
+    }
+    // Commands without a schedule and fire time are refused, none written.
+    let err = store.insert_scheduled_commands(&[NewCommand::start(commands[0].workflow_id)]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
@@ -536,6 +557,24 @@ async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn S
         .unwrap();
     assert_eq!((t.attempt, t.exit_code, t.host), (2, None, None));
 
+    // Several updates in one transaction: in order, and all or none.
+    let dispatched = TaskUpdate { state: Some(TaskState::Dispatched), ..Default::default() };
+    let both = store
+        .update_task_instances(fence, &[(tasks[1].id, dispatched.clone()), (tasks[0].id, dispatched.clone())])
+        .await
+        .unwrap();
+    assert_eq!(both.iter().map(|t| (t.id, t.state)).collect::<Vec<_>>(), [(tasks[1].id, TaskState::Dispatched), (tasks[0].id, TaskState::Dispatched)]);
+    let submitted = TaskUpdate { state: Some(TaskState::Submitted), ..Default::default() };
+    let err = store
+        .update_task_instances(fence, &[(tasks[0].id, submitted.clone()), (TaskInstanceId(424242), submitted.clone())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(store.task_instance(tasks[0].id).await.unwrap().unwrap().state, TaskState::Dispatched, "rolled back");
+    for task in &tasks {
+        store.update_task_instance(fence, task.id, &submitted).await.unwrap();
+    }
+
     // After adoption, the old owner can neither update nor create tasks.
     store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
     let err = store.update_task_instance(fence, tasks[1].id, &TaskUpdate { state: Some(TaskState::Dispatched), ..Default::default() }).await.unwrap_err();
@@ -551,6 +590,37 @@ async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn S
     let other = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
     let err = store.update_task_instance(other.fence(), tasks[1].id, &TaskUpdate::default()).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+}
+
+async fn task_instances_can_be_created_dispatched(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let new_task = |name: &str| {
+        let def = w.task(name).unwrap();
+        NewTaskInstance {
+            workflow_instance_id: wi.id,
+            task_definition_id: def.id,
+            name: name.to_string(),
+            task_type: def.spec.task_type.clone(),
+            priority: Priority::Medium,
+            worker_group: WorkerGroup::default(),
+            max_retries: 1,
+            run: 1,
+        }
+    };
+    let tasks = store.create_dispatched_task_instances(fence, &[new_task("a"), new_task("b")]).await.unwrap();
+    assert_eq!(tasks.iter().map(|t| (t.name.as_str(), t.state, t.attempt)).collect::<Vec<_>>(), [
+        ("a", TaskState::Dispatched, 1),
+        ("b", TaskState::Dispatched, 1)
+    ]);
+    assert_eq!(store.task_instances(wi.id).await.unwrap(), tasks, "stored as returned");
+
+    // Under the same fence as any other write: a stale owner creates nothing.
+    store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
+    let err = store.create_dispatched_task_instances(fence, &[new_task("c")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,47 @@ impl Drop for TempDatabase {
     }
 }
 
+/// Stops, starts or restarts (`action`) the test PostgreSQL server, for
+/// outage tests; after a start or restart, waits (30 s at most) until it
+/// takes connections again.
+///
+/// `SLUICE_TEST_PG_CTL`, when set, is the shell command that does it, with
+/// the action appended as its last argument (a private server, on a machine
+/// whose PostgreSQL others use); otherwise the machine's Debian cluster, by
+/// `pg_ctlcluster --skip-systemctl-redirect <version> main <action>`.
+pub fn control(action: &str) -> Result<(), String> {
+    let status = match std::env::var("SLUICE_TEST_PG_CTL") {
+        Ok(command) if !command.trim().is_empty() => {
+            std::process::Command::new("sh").arg("-c").arg(format!("{command} \"$1\"")).arg("sh").arg(action).status()
+        }
+        _ => {
+            let version = std::fs::read_dir("/etc/postgresql")
+                .map_err(|e| format!("no Debian PostgreSQL cluster (/etc/postgresql: {e}); set SLUICE_TEST_PG_CTL"))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .max()
+                .ok_or("no PostgreSQL version under /etc/postgresql")?;
+            std::process::Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", action]).status()
+        }
+    };
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(format!("postgresql {action} failed: {s}")),
+        Err(e) => return Err(format!("cannot {action} postgresql: {e}")),
+    }
+    if action == "stop" {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match PgConnection::establish(&server_url()) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => return Err(format!("postgresql is not back 30 s after {action}: {e}")),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,10 @@ use tracing::{debug, error, info, warn};
 use zookeeper_client as zk;
 
 use crate::paths::{self, split_parent, validate_name, validate_path};
-use crate::{LockGuard, Member, MembershipWatch, QueueItem, Registry, RegistryError, SessionState};
+use crate::{
+    LockGuard, Member, MembershipWatch, QueueItem, Registry, RegistryError, SessionState,
+    SignalWatch,
+};
 
 const PERSISTENT: zk::CreateOptions<'static> =
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
@@ -556,6 +559,40 @@ impl Registry for ZkRegistry {
             Err(zk::Error::NoNode) => Ok(Vec::new()),
             Err(err) => Err(zk_error(err, &dir)),
         }
+    }
+
+    async fn signal(&self, name: &str) -> Result<(), RegistryError> {
+        validate_path(name)?;
+        let conn = self.inner.current()?;
+        let node = abs(name);
+        // A data change (or the node's creation, the first time) fires the
+        // watchers' one-shot exists watches. Persistent watches are avoided
+        // on purpose: ZooKeeper 3.8.0 drops one-shot child watches (queue
+        // takes, membership) set by a session that also holds a persistent
+        // recursive watch on the same path.
+        match resend_on_connection_loss(|| conn.client.set_data(&node, &[], None)).await {
+            Ok(_) => Ok(()),
+            // The first signal creates the node (`mkdir`: no error if a
+            // concurrent signal created it first).
+            Err(zk::Error::NoNode) => resend_on_connection_loss(|| conn.client.mkdir(&node, &PERSISTENT))
+                .await
+                .map_err(|err| zk_error(err, name)),
+            Err(err) => Err(zk_error(err, name)),
+        }
+    }
+
+    async fn watch_signal(&self, name: &str) -> Result<SignalWatch, RegistryError> {
+        validate_path(name)?;
+        let conn = self.inner.current()?;
+        let node = abs(name);
+        let (_, watcher) = resend_on_connection_loss(|| conn.client.check_and_watch_stat(&node))
+            .await
+            .map_err(|err| zk_error(err, name))?;
+        let name = name.to_owned();
+        Ok(SignalWatch::new(async move {
+            let event = watcher.changed().await;
+            debug!(signal = name, ?event.event_type, "signal watch fired");
+        }))
     }
 
     fn session_state(&self) -> watch::Receiver<SessionState> {

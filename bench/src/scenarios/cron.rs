@@ -1,0 +1,166 @@
+//! cron: many schedules firing together (Quartz `*/N * * * * ?`, all on the
+//! same second, the way crontabs line up in practice) for a while; fire lag
+//! (when the command row was written − its schedule time) p50/p99/max,
+//! duplicates and misses.
+//!
+//! The bench watches the `commands` table through a trigger of its own in
+//! the throw-away database: a command is consumed (deleted) by a master
+//! moments after it is written, so the table alone would not keep them. The
+//! trigger is deferred to the end of the writing transaction, so a fire's
+//! time is (within a fraction of a millisecond) when it commits, when a
+//! master can first see it, not when its row was written inside a batch.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::sql_types::{BigInt, Double};
+use diesel::QueryableByName;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+
+use crate::deploy::{sql_execute, sql_query, Deployment, Kind, Options, PROJECT};
+use crate::report::{num, Outcome, Table};
+use crate::stats::Spread;
+
+const WATCH: &str = "
+CREATE TABLE bench_fires (schedule_id BIGINT NOT NULL, schedule_time BIGINT NOT NULL, written_at DOUBLE PRECISION NOT NULL);
+CREATE FUNCTION bench_fire() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_fires VALUES (NEW.schedule_id, NEW.schedule_time, extract(epoch FROM clock_timestamp()) * 1000);
+    RETURN NEW;
+END $$;
+CREATE CONSTRAINT TRIGGER bench_fire AFTER INSERT ON commands DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.schedule_id IS NOT NULL) EXECUTE FUNCTION bench_fire();
+";
+
+#[derive(QueryableByName)]
+struct Fire {
+    #[diesel(sql_type = BigInt)]
+    schedule_id: i64,
+    #[diesel(sql_type = BigInt)]
+    schedule_time: i64,
+    #[diesel(sql_type = Double)]
+    written_at: f64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CronFigures {
+    pub schedules: usize,
+    pub every_s: u32,
+    pub window_s: u32,
+    pub expected_fires: usize,
+    pub fires: usize,
+    pub lag_ms: Spread,
+    pub duplicate_fires: usize,
+    pub duplicate_instances: usize,
+    pub misses: usize,
+}
+
+/// Fire times of a `*/every` schedule in `[from, from + window)`, given
+/// `from` is on such a boundary: `window / every`.
+pub fn expected_fires(schedules: usize, every_s: u32, window_s: u32) -> usize {
+    schedules * (window_s / every_s) as usize
+}
+
+pub async fn run(schedules: usize, every_s: u32, window_s: u32) -> anyhow::Result<Outcome> {
+    let deployment = Deployment::start(Kind::Cluster, Options::default()).await?;
+    let result = measure(&deployment, schedules, every_s, window_s).await;
+    tokio::task::spawn_blocking(move || deployment.stop()).await?;
+    let f = result?;
+    let mut table = Table::new(
+        format!("cron: {} schedules firing every {} s for {} s (cluster, 1 master)", f.schedules, f.every_s, f.window_s),
+        &["fires", "expected", "lag p50 ms", "lag p99 ms", "lag max ms", "duplicates", "misses"],
+    );
+    table.row(vec![
+        f.fires.to_string(),
+        f.expected_fires.to_string(),
+        num(f.lag_ms.p50, 1),
+        num(f.lag_ms.p99, 1),
+        num(f.lag_ms.max, 1),
+        (f.duplicate_fires + f.duplicate_instances).to_string(),
+        f.misses.to_string(),
+    ]);
+    Ok(Outcome { scenario: "cron", tables: vec![table], json: serde_json::to_value(&f)? })
+}
+
+async fn measure(deployment: &Deployment, schedules: usize, every_s: u32, window_s: u32) -> anyhow::Result<CronFigures> {
+    let api = &deployment.api;
+    let url = deployment.database_url().expect("cluster");
+    api.create_project(PROJECT).await?;
+    sql_execute(&url, WATCH).await?;
+    let cron = format!("*/{every_s} * * * * ?");
+    futures::stream::iter(0..schedules)
+        .map(|i| {
+            let document = json!({
+                "project": PROJECT, "name": format!("cron{i:05}"),
+                "tasks": [{"name": "t", "type": "shell", "script": "true"}],
+                "schedule": {"cron": cron},
+            });
+            async move { api.put_workflow(PROJECT, &document).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    // All online at once, with no fire time missed before now to catch up on.
+    let now_ms = Utc::now().timestamp_millis();
+    sql_execute(&url, &format!("UPDATE schedules SET online = TRUE, updated_at = {now_ms}")).await?;
+    // The leader re-reads schedules every second; start the window on the
+    // first fire time after it surely has.
+    let every_ms = i64::from(every_s) * 1000;
+    let from = (now_ms + 3000).div_euclid(every_ms) * every_ms + every_ms;
+    let to = from + i64::from(window_s) * 1000;
+    // Wait the window out, then until late fires stop landing (a leader
+    // that fell behind fires every time it owes, late): a miss is a fire
+    // time that never got its command.
+    let wait_ms = |until: i64| Duration::from_millis((until - Utc::now().timestamp_millis()).max(0) as u64);
+    tokio::time::sleep(wait_ms(to + every_ms)).await;
+    let window = format!("schedule_time >= {from} AND schedule_time < {to}");
+    let mut last = usize::MAX;
+    let fires = loop {
+        let fires = sql_query::<Fire>(&url, &format!("SELECT schedule_id, schedule_time, written_at FROM bench_fires WHERE {window}")).await?;
+        if fires.len() == last || Utc::now().timestamp_millis() > to + 300_000 {
+            break fires;
+        }
+        last = fires.len();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    let lags: Vec<f64> = fires.iter().map(|f| f.written_at - f.schedule_time as f64).collect();
+    let distinct = fires.iter().map(|f| (f.schedule_id, f.schedule_time)).collect::<std::collections::HashSet<_>>().len();
+    let duplicate_instances = sql_query::<Count>(
+        &url,
+        &format!("SELECT count(*) AS n FROM (SELECT 1 FROM workflow_instances WHERE {window} GROUP BY workflow_id, schedule_time HAVING count(*) > 1) d"),
+    )
+    .await?
+    .pop()
+    .map(|c| c.n as usize)
+    .unwrap_or(0);
+    let expected = expected_fires(schedules, every_s, window_s);
+    Ok(CronFigures {
+        schedules,
+        every_s,
+        window_s,
+        expected_fires: expected,
+        fires: lags.len(),
+        lag_ms: Spread::of(&lags),
+        duplicate_fires: lags.len() - distinct,
+        duplicate_instances,
+        misses: expected.saturating_sub(distinct),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expects_one_fire_per_period_per_schedule() {
+        assert_eq!(expected_fires(10_000, 10, 60), 60_000);
+        assert_eq!(expected_fires(3, 5, 12), 6);
+    }
+}
