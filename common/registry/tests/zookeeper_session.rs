@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use sluice_registry::{paths, Member, MembershipEvent, Registry, SessionState, ZkRegistry};
+use sluice_testkit::proxy::TcpProxy;
 use sluice_testkit::zookeeper::{unique_root, zookeeper_address, ZooKeeperServer};
 use tokio::sync::watch;
 
@@ -50,12 +51,50 @@ fn record_states(
     rx
 }
 
+/// Expires `registry`'s session the way a partition longer than the session
+/// timeout does: the proxy it reaches ZooKeeper through is cut until the
+/// server has dropped the session (a probe node of the session is gone, as
+/// seen from a session of its own), then restored. Returns once the registry
+/// runs on a new session.
+async fn expire_behind(proxy: &TcpProxy, registry: &ZkRegistry, servers: &str, root: &str) {
+    let probe_group = "expiry-probe";
+    registry
+        .register(&paths::worker_node(probe_group, "probe"), b"")
+        .await
+        .unwrap();
+    let generation = registry.session_generation();
+    let direct = ZkRegistry::connect(servers, root, Duration::from_secs(4))
+        .await
+        .unwrap();
+    proxy.cut();
+    within("the server to drop the cut-off session", async {
+        while !direct
+            .members(&paths::workers_dir(probe_group))
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    direct.close().await;
+    proxy.restore();
+    within(
+        "a new session after the partition",
+        registry.wait_for_new_session(generation),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_session_is_replaced_and_its_nodes_come_back() {
     init_tracing();
     let servers = zookeeper_address();
     let root = unique_root("expiry");
-    let master = ZkRegistry::connect(&servers, &root, Duration::from_secs(4))
+    let proxy = TcpProxy::start(&servers).unwrap();
+    let master = ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(4))
         .await
         .unwrap();
     let observer = ZkRegistry::connect(&servers, &root, Duration::from_secs(4))
@@ -72,7 +111,7 @@ async fn expired_session_is_replaced_and_its_nodes_come_back() {
             data: b"before".to_vec()
         }]
     );
-    master.expire_session().await.unwrap();
+    expire_behind(&proxy, &master, &servers, &root).await;
 
     // The cron leader learns it must stop firing.
     within("lock loss", cron.lost()).await;
@@ -127,8 +166,9 @@ async fn waiting_take_and_watch_survive_session_expiry() {
     init_tracing();
     let servers = zookeeper_address();
     let root = unique_root("expiry-wait");
+    let proxy = TcpProxy::start(&servers).unwrap();
     let worker = std::sync::Arc::new(
-        ZkRegistry::connect(&servers, &root, Duration::from_secs(4))
+        ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(4))
             .await
             .unwrap(),
     );
@@ -143,8 +183,7 @@ async fn waiting_take_and_watch_survive_session_expiry() {
         let worker = worker.clone();
         async move { worker.queue_take("default").await }
     });
-    // Returns once the registry runs on a new session.
-    worker.expire_session().await.unwrap();
+    expire_behind(&proxy, &worker, &servers, &root).await;
 
     master.queue_put("default", "k", b"v").await.unwrap();
     assert_eq!(

@@ -3,4 +3,5 @@
 //! cluster sandbox.
 
 pub mod postgres;
+pub mod proxy;
 pub mod zookeeper;

@@ -117,54 +117,22 @@ impl ZkRegistry {
         &self.inner.root
     }
 
-    /// Makes ZooKeeper expire this registry's current session, as a long
-    /// pause or partition would, and waits until the registry runs on a new
-    /// one: for tests of session loss.
-    ///
-    /// It attaches a second connection to the same session and closes it.
-    /// The registry's own connection may win the session back before the
-    /// close goes out, so this tries a few times.
+    /// How many times the registry has replaced an expired session: for
+    /// tests of session loss, with [`Self::wait_for_new_session`].
     #[doc(hidden)]
-    pub async fn expire_session(&self) -> Result<(), RegistryError> {
-        const ATTEMPTS: usize = 5;
-        let conn = self.inner.current()?;
-        let mut generation = self.inner.generation.subscribe();
-        for attempt in 1..=ATTEMPTS {
-            let twin = zk::Client::connector()
-                .with_session(conn.client.session().clone())
-                .with_session_timeout(self.inner.session_timeout)
-                .connect(&self.inner.servers)
-                .await;
-            match twin {
-                Ok(twin) => {
-                    let mut twin_state = twin.state_watcher();
-                    // Dropping the only client closes its session.
-                    drop(twin);
-                    let closed = async {
-                        while !twin_state.peek_state().is_terminated() {
-                            twin_state.changed().await;
-                        }
-                    };
-                    let _ = tokio::time::timeout(self.inner.session_timeout, closed).await;
-                }
-                Err(err) => {
-                    debug!(attempt, error = %err, "cannot attach to the session to expire it")
-                }
-            }
-            let renewed = generation.wait_for(|g| *g > conn.generation);
-            match tokio::time::timeout(self.inner.session_timeout * 2, renewed).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(_)) => return Err(RegistryError::Closed),
-                Err(_elapsed) => debug!(attempt, "session survived an attempt to expire it"),
-            }
-        }
-        Err(RegistryError::Other {
-            path: self.inner.root.clone(),
-            message: format!(
-                "session {} did not expire after {ATTEMPTS} attempts",
-                conn.client.session_id()
-            ),
-        })
+    pub fn session_generation(&self) -> u64 {
+        *self.inner.generation.borrow()
+    }
+
+    /// Waits until the registry runs on a session newer than `generation`.
+    #[doc(hidden)]
+    pub async fn wait_for_new_session(&self, generation: u64) -> Result<(), RegistryError> {
+        let mut renewed = self.inner.generation.subscribe();
+        renewed
+            .wait_for(|g| *g > generation)
+            .await
+            .map(|_| ())
+            .map_err(|_| RegistryError::Closed)
     }
 }
 
