@@ -19,8 +19,13 @@ use crate::Shared;
 const RELOAD: Duration = Duration::from_secs(1);
 /// Most missed fire times one schedule catches up on at once (`run_all`).
 const CATCH_UP_LIMIT: usize = 1000;
-/// Most fires written in one transaction.
-const FIRE_BATCH: usize = 1000;
+/// How long before a fire time its commands are written: the transaction
+/// is prepared ahead and committed at the fire time, so that when the time
+/// comes only the commit is left, even for thousands of schedules firing on
+/// the same second.
+const PREPARE_AHEAD: Duration = Duration::from_secs(2);
+/// The wait before writing a fire again after the database refused it.
+const RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) async fn cron_loop(shared: Arc<Shared>) {
     let name = paths::cron_lock();
@@ -84,6 +89,12 @@ fn misfire(policy: MisfirePolicy) -> Misfire {
 }
 
 /// Fires schedules until the future is dropped (lock lost, shutdown).
+///
+/// One fire time at a time: every schedule due at the earliest time is
+/// written in one transaction, prepared [`PREPARE_AHEAD`] of it and
+/// committed at it. A fire the database refused stays due and is written
+/// again; one written by a leader that has lost the lock meanwhile is
+/// harmless, since a (schedule, fire time) pair has one command at most.
 async fn lead(shared: &Arc<Shared>) {
     let mut entries: HashMap<ScheduleId, Entry> = HashMap::new();
     let mut reload_at = tokio::time::Instant::now();
@@ -92,29 +103,26 @@ async fn lead(shared: &Arc<Shared>) {
             reload(shared, &mut entries).await;
             reload_at = tokio::time::Instant::now() + RELOAD;
         }
-        let now = Utc::now();
-        let due: Vec<(ScheduleId, DateTime<Utc>)> =
-            entries.iter().filter_map(|(id, e)| e.next.filter(|n| *n <= now).map(|at| (*id, at))).collect();
-        // Schedules that fire on the same second are written together: one
-        // transaction per batch instead of one per schedule.
-        for batch in due.chunks(FIRE_BATCH) {
-            let fires: Vec<(&Schedule, DateTime<Utc>)> = batch.iter().map(|(id, at)| (&entries[id].schedule, *at)).collect();
-            fire_all(shared, &fires).await;
-            for (id, at) in batch {
-                let entry = entries.get_mut(id).expect("listed");
-                entry.schedule.last_fire = Some(*at);
-                entry.next = entry.timing.next_after(*at, entry.schedule.end);
-            }
-        }
-        let next = entries.values().filter_map(|e| e.next).min();
-        let wake = match next {
-            Some(next) => {
-                let until = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                (tokio::time::Instant::now() + until).min(reload_at)
-            }
-            None => reload_at,
+        let Some(at) = entries.values().filter_map(|e| e.next).min() else {
+            tokio::time::sleep_until(reload_at).await;
+            continue;
         };
-        tokio::time::sleep_until(wake).await;
+        let prepare_in = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).saturating_sub(PREPARE_AHEAD);
+        if !prepare_in.is_zero() {
+            tokio::time::sleep_until((tokio::time::Instant::now() + prepare_in).min(reload_at)).await;
+            continue;
+        }
+        let due: Vec<ScheduleId> = entries.iter().filter(|(_, e)| e.next == Some(at)).map(|(id, _)| *id).collect();
+        let fires: Vec<(&Schedule, DateTime<Utc>)> = due.iter().map(|id| (&entries[id].schedule, at)).collect();
+        if !fire_all(shared, &fires, at).await {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
+        for id in due {
+            let entry = entries.get_mut(&id).expect("listed");
+            entry.schedule.last_fire = Some(at);
+            entry.next = entry.timing.next_after(at, entry.schedule.end);
+        }
     }
 }
 
@@ -148,8 +156,14 @@ async fn reload(shared: &Arc<Shared>, entries: &mut HashMap<ScheduleId, Entry>) 
         let now = Utc::now();
         // Missed while nobody led (or while this schedule was unknown here).
         let from = schedule.last_fire.or(Some(schedule.updated_at)).map(|t| t.max(schedule.start.unwrap_or(t)));
+        let mut caught_up = true;
         for at in due(&timing, from, now, schedule.end, misfire(schedule.misfire), CATCH_UP_LIMIT) {
-            fire(shared, &schedule, at).await;
+            caught_up &= fire(shared, &schedule, at).await;
+        }
+        if !caught_up {
+            // Planned at the next reload, which catches up again from the
+            // last fire time that was written.
+            continue;
         }
         let after = schedule.start.map(|s| s - chrono::Duration::milliseconds(1)).filter(|s| *s > now).unwrap_or(now);
         let next = timing.next_after(after, schedule.end);
@@ -157,12 +171,13 @@ async fn reload(shared: &Arc<Shared>, entries: &mut HashMap<ScheduleId, Entry>) 
     }
 }
 
-async fn fire(shared: &Arc<Shared>, schedule: &Schedule, at: DateTime<Utc>) {
-    fire_all(shared, &[(schedule, at)]).await;
+async fn fire(shared: &Arc<Shared>, schedule: &Schedule, at: DateTime<Utc>) -> bool {
+    fire_all(shared, &[(schedule, at)], Utc::now()).await
 }
 
-/// Writes the commands of `fires` in one transaction.
-async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)]) {
+/// Writes the commands of `fires` in one transaction, visible from
+/// `publish_at` on; false if the database refused them.
+async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)], publish_at: DateTime<Utc>) -> bool {
     let commands: Vec<NewCommand> = fires
         .iter()
         .map(|(schedule, at)| {
@@ -172,7 +187,7 @@ async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)]) {
             command
         })
         .collect();
-    match shared.store.insert_scheduled_commands(&commands).await {
+    match shared.store.insert_scheduled_commands(&commands, publish_at).await {
         Ok(ids) => {
             if ids.iter().any(Option::is_some) {
                 crate::commands::signal_commands(shared);
@@ -187,11 +202,11 @@ async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)]) {
                     None => tracing::debug!(schedule = %schedule.id, fire_time = %at, "fire time already fired"),
                 }
             }
+            true
         }
         Err(error) => {
-            for (schedule, at) in fires {
-                tracing::error!(schedule = %schedule.id, fire_time = %at, %error, "schedule fire not recorded");
-            }
+            tracing::error!(fires = fires.len(), %error, "schedule fires not recorded; writing them again");
+            false
         }
     }
 }

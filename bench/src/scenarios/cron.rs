@@ -1,20 +1,26 @@
 //! cron: many schedules firing together (Quartz `*/N * * * * ?`, all on the
 //! same second, the way crontabs line up in practice) for a while; fire lag
-//! (when the command row was written − its schedule time) p50/p99/max,
-//! duplicates and misses.
+//! (when a master can first see the command − its schedule time)
+//! p50/p99/max, duplicates and misses.
 //!
 //! The bench watches the `commands` table through a trigger of its own in
-//! the throw-away database: a command is consumed (deleted) by a master
-//! moments after it is written, so the table alone would not keep them. The
-//! trigger is deferred to the end of the writing transaction, so a fire's
-//! time is (within a fraction of a millisecond) when it commits, when a
-//! master can first see it, not when its row was written inside a batch.
+//! the throw-away database (a master consumes, deletes, a command moments
+//! after it appears, so the table alone would not keep them): a statement
+//! trigger records each fire with its transaction id and sends a
+//! notification carrying that id. PostgreSQL delivers notifications when
+//! the transaction commits, so a listening connection of the bench receives
+//! it exactly when the fire becomes visible to masters; the lag is that
+//! moment (polled every 0.2 ms) − the fire time.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::Utc;
-use diesel::sql_types::{BigInt, Double};
-use diesel::QueryableByName;
+use diesel::sql_types::BigInt;
+use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
@@ -23,14 +29,17 @@ use crate::report::{num, Outcome, Table};
 use crate::stats::Spread;
 
 const WATCH: &str = "
-CREATE TABLE bench_fires (schedule_id BIGINT NOT NULL, schedule_time BIGINT NOT NULL, written_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE bench_fires (schedule_id BIGINT NOT NULL, schedule_time BIGINT NOT NULL, tx BIGINT NOT NULL);
 CREATE FUNCTION bench_fire() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO bench_fires VALUES (NEW.schedule_id, NEW.schedule_time, extract(epoch FROM clock_timestamp()) * 1000);
-    RETURN NEW;
+    INSERT INTO bench_fires SELECT schedule_id, schedule_time, txid_current() FROM fired WHERE schedule_id IS NOT NULL;
+    IF FOUND THEN
+        PERFORM pg_notify('bench_fires', txid_current()::text);
+    END IF;
+    RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER bench_fire AFTER INSERT ON commands DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.schedule_id IS NOT NULL) EXECUTE FUNCTION bench_fire();
+CREATE TRIGGER bench_fire AFTER INSERT ON commands REFERENCING NEW TABLE AS fired
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_fire();
 ";
 
 #[derive(QueryableByName)]
@@ -39,8 +48,48 @@ struct Fire {
     schedule_id: i64,
     #[diesel(sql_type = BigInt)]
     schedule_time: i64,
-    #[diesel(sql_type = Double)]
-    written_at: f64,
+    #[diesel(sql_type = BigInt)]
+    tx: i64,
+}
+
+/// Records when each transaction's notification arrives (ms since the
+/// epoch, by transaction id), until dropped.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<HashMap<i64, f64>>>>,
+}
+
+impl Listener {
+    fn start(url: &str) -> anyhow::Result<Listener> {
+        let mut conn = PgConnection::establish(url)?;
+        diesel::sql_query("LISTEN bench_fires").execute(&mut conn)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = HashMap::new();
+            while !stopping.load(Ordering::Relaxed) {
+                for notification in conn.notifications_iter() {
+                    let at = Utc::now().timestamp_micros() as f64 / 1000.0;
+                    let tx: i64 = notification?.payload.parse().context("notification payload")?;
+                    seen.entry(tx).or_insert(at);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(seen)
+        });
+        Ok(Listener { stop, thread: Some(thread) })
+    }
+
+    fn finish(mut self) -> anyhow::Result<HashMap<i64, f64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("running").join().map_err(|_| anyhow::anyhow!("listener panicked"))?
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(QueryableByName)]
@@ -94,6 +143,10 @@ async fn measure(deployment: &Deployment, schedules: usize, every_s: u32, window
     let url = deployment.database_url().expect("cluster");
     api.create_project(PROJECT).await?;
     sql_execute(&url, WATCH).await?;
+    let listener = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || Listener::start(&url)).await??
+    };
     let cron = format!("*/{every_s} * * * * ?");
     futures::stream::iter(0..schedules)
         .map(|i| {
@@ -123,14 +176,17 @@ async fn measure(deployment: &Deployment, schedules: usize, every_s: u32, window
     let window = format!("schedule_time >= {from} AND schedule_time < {to}");
     let mut last = usize::MAX;
     let fires = loop {
-        let fires = sql_query::<Fire>(&url, &format!("SELECT schedule_id, schedule_time, written_at FROM bench_fires WHERE {window}")).await?;
+        let fires = sql_query::<Fire>(&url, &format!("SELECT schedule_id, schedule_time, tx FROM bench_fires WHERE {window}")).await?;
         if fires.len() == last || Utc::now().timestamp_millis() > to + 300_000 {
             break fires;
         }
         last = fires.len();
         tokio::time::sleep(Duration::from_secs(3)).await;
     };
-    let lags: Vec<f64> = fires.iter().map(|f| f.written_at - f.schedule_time as f64).collect();
+    let seen = tokio::task::spawn_blocking(move || listener.finish()).await??;
+    let unseen = fires.iter().filter(|f| !seen.contains_key(&f.tx)).count();
+    anyhow::ensure!(unseen == 0, "{unseen} fires were committed without their notification reaching the bench");
+    let lags: Vec<f64> = fires.iter().map(|f| seen[&f.tx] - f.schedule_time as f64).collect();
     let distinct = fires.iter().map(|f| (f.schedule_id, f.schedule_time)).collect::<std::collections::HashSet<_>>().len();
     let duplicate_instances = sql_query::<Count>(
         &url,

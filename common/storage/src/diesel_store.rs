@@ -694,7 +694,7 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn insert_scheduled_commands(&self, commands: &[NewCommand]) -> Result<Vec<Option<CommandId>>> {
+            async fn insert_scheduled_commands(&self, commands: &[NewCommand], publish_at: Timestamp) -> Result<Vec<Option<CommandId>>> {
                 let mut fires = Vec::with_capacity(commands.len());
                 for command in commands {
                     let (Some(schedule), Some(fire)) = (command.schedule_id, command.schedule_time) else {
@@ -702,7 +702,12 @@ macro_rules! store_impl {
                     };
                     fires.push((schedule.get(), ms(fire)));
                 }
-                let now = now_ms();
+                let hold_commit = $backend == Backend::Postgres;
+                if !hold_commit {
+                    sleep_until_async(publish_at).await;
+                }
+                // Stamped with when they become visible, not when prepared.
+                let now = now_ms().max(ms(publish_at));
                 let rows: Vec<NewCommandRow> = commands.iter().map(|c| NewCommandRow::new(c, now)).collect();
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
@@ -747,6 +752,9 @@ macro_rules! store_impl {
                                     .set(schedules::last_fire.eq(fire))
                                     .execute(c)?;
                             }
+                        }
+                        if hold_commit {
+                            sleep_until_blocking(publish_at);
                         }
                         Ok(fires.iter().map(|key| inserted.remove(key).map(CommandId)).collect())
                     })

@@ -90,13 +90,19 @@ pub trait Store: Send + Sync + 'static {
     /// fire, atomically. Returns `None` if that fire time already has a
     /// command: whoever fires it, a time fires once.
     async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>> {
-        Ok(self.insert_scheduled_commands(std::slice::from_ref(command)).await?.pop().flatten())
+        Ok(self.insert_scheduled_commands(std::slice::from_ref(command), chrono::Utc::now()).await?.pop().flatten())
     }
     /// [`Store::insert_scheduled_command`] for many fires in one
     /// transaction (schedules that fire on the same second fire together):
     /// the id of each command in `commands`' order, `None` where that fire
     /// time already had one.
-    async fn insert_scheduled_commands(&self, commands: &[NewCommand]) -> Result<Vec<Option<CommandId>>>;
+    ///
+    /// The commands become visible at `publish_at`, not before. PostgreSQL
+    /// writes them at once and holds the commit until `publish_at`, so a
+    /// fire prepared ahead of its time costs only the commit when the time
+    /// comes; SQLite, which has one writer at a time, waits until then and
+    /// writes. A fire that cannot be written is not visible at all.
+    async fn insert_scheduled_commands(&self, commands: &[NewCommand], publish_at: Timestamp) -> Result<Vec<Option<CommandId>>>;
     /// Creates a workflow instance (state `submitted`, no owner) and the
     /// command that starts it, in one transaction, so the API can return the
     /// instance id before any master picked the command up.

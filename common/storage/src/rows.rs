@@ -601,3 +601,17 @@ impl BackfillRow {
         })
     }
 }
+
+/// Blocks the calling (blocking-pool) thread until `at`.
+pub(crate) fn sleep_until_blocking(at: Timestamp) {
+    if let Ok(left) = (at - Utc::now()).to_std() {
+        std::thread::sleep(left);
+    }
+}
+
+/// Waits until `at` without holding a thread.
+pub(crate) async fn sleep_until_async(at: Timestamp) {
+    if let Ok(left) = (at - Utc::now()).to_std() {
+        tokio::time::sleep(left).await;
+    }
+}

@@ -63,6 +63,7 @@ store_suite!(
     schedules_are_upserted_and_toggled,
     a_fire_time_becomes_one_command,
     fires_of_many_schedules_are_written_together,
+    fires_prepared_ahead_are_published_at_their_time,
     competing_masters_claim_each_command_once,
     commands_for_an_owned_instance_go_to_its_owner,
     released_commands_can_be_claimed_again,
@@ -322,15 +323,42 @@ async fn fires_of_many_schedules_are_written_together(store: Arc<dyn Store>) {
     assert!(store.insert_scheduled_command(&commands[1]).await.unwrap().is_some());
     // The same fire twice in one batch also becomes one command.
     let batch = vec![commands[0].clone(), commands[1].clone(), commands[2].clone(), commands[2].clone()];
-    let ids = store.insert_scheduled_commands(&batch).await.unwrap();
+    let ids = store.insert_scheduled_commands(&batch, Utc::now()).await.unwrap();
     assert!(ids[0].is_some() && ids[1].is_none() && ids[2].is_some() && ids[3].is_none(), "{ids:?}");
     assert_eq!(store.unclaimed_commands().await.unwrap().len(), 3);
     for w in workflows {
         assert_eq!(store.schedule(w).await.unwrap().unwrap().last_fire, Some(fire));
     }
     // Commands without a schedule and fire time are refused, none written.
-    let err = store.insert_scheduled_commands(&[NewCommand::start(commands[0].workflow_id)]).await.unwrap_err();
+    let err = store.insert_scheduled_commands(&[NewCommand::start(commands[0].workflow_id)], Utc::now()).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+/// The cron leader writes a fire ahead of its time; nobody may see it
+/// before then, and it is visible as soon as the time comes.
+async fn fires_prepared_ahead_are_published_at_their_time(store: Arc<dyn Store>) {
+    let p = project(&store, "demo").await;
+    store.save_workflow(p.id, &diamond("etl")).await.unwrap();
+    let w = store.workflow(p.id, "etl", None).await.unwrap().unwrap();
+    let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
+    let mut command = NewCommand::start(w.id);
+    command.schedule_id = Some(s.id);
+    command.schedule_time = Some(Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap());
+    let publish_at = Utc::now() + chrono::Duration::milliseconds(800);
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move { store.insert_scheduled_commands(&[command], publish_at).await }
+    });
+    // Looked at while the fire is prepared: nothing yet, on either backend.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.unclaimed_commands().await.unwrap().is_empty(), "a fire is visible before its time");
+    let ids = writing.await.unwrap().unwrap();
+    let published = Utc::now();
+    assert!(ids[0].is_some());
+    assert!(published >= publish_at, "returned at {published}, before {publish_at}");
+    let stored = store.unclaimed_commands().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].created_at >= publish_at - chrono::Duration::milliseconds(1), "stamped {}", stored[0].created_at);
 }
 
 async fn competing_masters_claim_each_command_once(store: Arc<dyn Store>) {
