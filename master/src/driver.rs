@@ -202,6 +202,50 @@ const WATCHDOG: Duration = Duration::from_secs(1);
 /// before its worker is presumed dead (a worker reports within moments).
 const NEVER_STARTED: Duration = Duration::from_secs(60);
 
+/// Most messages a driver takes in one go.
+const BURST: usize = 512;
+
+/// A plain task event, as [`Driver::plain_event`] sees it.
+enum Plain {
+    /// Already taken into account: acknowledged, nothing to write.
+    Repeat,
+    Apply { node: TaskNode, event: TaskEvent, update: Box<TaskUpdate> },
+}
+
+/// Plain task events of a burst, merged per task, not yet persisted.
+#[derive(Default)]
+struct PlainEvents {
+    /// A task's state after its events, and their changes merged in order.
+    changes: Vec<(TaskNode, TaskState, TaskUpdate)>,
+    index: HashMap<TaskNode, usize>,
+    acks: Vec<oneshot::Sender<bool>>,
+}
+
+impl PlainEvents {
+    fn state(&self, node: TaskNode) -> Option<TaskState> {
+        self.index.get(&node).map(|&i| self.changes[i].1)
+    }
+
+    fn has_host(&self, node: TaskNode) -> bool {
+        self.index.get(&node).is_some_and(|&i| matches!(self.changes[i].2.host, Some(Some(_))))
+    }
+
+    fn add(&mut self, node: TaskNode, state: TaskState, update: TaskUpdate, ack: oneshot::Sender<bool>) {
+        match self.index.get(&node) {
+            Some(&i) => {
+                let (_, merged_state, merged) = &mut self.changes[i];
+                *merged_state = state;
+                *merged = std::mem::take(merged).then(update);
+            }
+            None => {
+                self.index.insert(node, self.changes.len());
+                self.changes.push((node, state, update));
+            }
+        }
+        self.acks.push(ack);
+    }
+}
+
 fn ms_to_time(ms: i64) -> Timestamp {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now)
 }
@@ -327,7 +371,16 @@ impl Driver {
                 _ = shutdown.cancelled() => return Err(Abort::Shutdown),
                 msg = rx.recv() => match msg {
                     None => return Err(Abort::Shutdown),
-                    Some(msg) => self.handle(msg).await?,
+                    Some(msg) => {
+                        let mut burst = vec![msg];
+                        while burst.len() < BURST {
+                            match rx.try_recv() {
+                                Ok(msg) => burst.push(msg),
+                                Err(_) => break,
+                            }
+                        }
+                        self.handle_burst(burst).await?;
+                    }
                 },
                 _ = async { tokio::time::sleep_until(next_retry.expect("guarded")).await }, if next_retry.is_some() => {
                     self.retry_due().await?;
@@ -349,6 +402,157 @@ impl Driver {
             failure_strategy: self.instance.failure_strategy,
             halted: self.stopping || self.pausing,
         }
+    }
+
+    /// Handles messages that arrived together, in their order. Runs of
+    /// plain task events (started, succeeded) are persisted in one
+    /// transaction and acknowledged after it; anything else is handled on
+    /// its own once the events before it are persisted. What became ready
+    /// is dispatched once, at the end.
+    async fn handle_burst(&mut self, burst: Vec<DriverMsg>) -> Result<(), Abort> {
+        let mut plain = PlainEvents::default();
+        for msg in burst {
+            match msg {
+                DriverMsg::Event { event, ack } => match self.plain_event(&plain, &event) {
+                    Some(Plain::Repeat) => {
+                        let _ = ack.send(true);
+                    }
+                    Some(Plain::Apply { node, event, update }) => {
+                        let next = plain.state(node).unwrap_or(self.tasks[&node].state).transition(event);
+                        match next {
+                            Ok(next) => plain.add(node, next, *update, ack),
+                            Err(error) => {
+                                let _ = ack.send(false);
+                                return Err(Abort::Broken(error.to_string()));
+                            }
+                        }
+                    }
+                    None => {
+                        self.flush(&mut plain).await?;
+                        self.handle(DriverMsg::Event { event, ack }).await?;
+                    }
+                },
+                other => {
+                    self.flush(&mut plain).await?;
+                    self.handle(other).await?;
+                }
+            }
+        }
+        self.flush_and_dispatch(plain).await
+    }
+
+    /// Persists the pending plain events together with the task instances
+    /// they make ready (created already dispatched), in one commit, then
+    /// acknowledges the events and queues the new tasks: a hand-off from a
+    /// task to its successor costs one commit.
+    async fn flush_and_dispatch(&mut self, mut plain: PlainEvents) -> Result<(), Abort> {
+        if plain.changes.is_empty() || !self.rerun.is_empty() {
+            // A rerun's tasks start new attempts of existing rows: the
+            // general path handles them.
+            self.flush(&mut plain).await?;
+            return self.dispatch_ready().await;
+        }
+        let mut states = self.states();
+        for (node, state, _) in &plain.changes {
+            states.insert(*node, *state);
+        }
+        let ready = self.view(&states).ready();
+        drop(states);
+        let news = self.new_task_instances(&ready);
+        let PlainEvents { changes, acks, .. } = plain;
+        let updates = self.plain_updates(&changes);
+        let (updated, created) = persist!(self, self.shared.store.update_and_create_dispatched(self.fence, &updates, &news))?;
+        for ((node, _, _), task) in changes.into_iter().zip(updated) {
+            self.tasks.insert(node, task);
+        }
+        for (node, task) in ready.iter().zip(created) {
+            self.tasks.insert(*node, task);
+        }
+        for ack in acks {
+            let _ = ack.send(true);
+        }
+        if !ready.is_empty() {
+            self.dispatch_all(ready).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `event` is a plain one: a task of this attempt reported
+    /// running or successful, with nothing else to do about it than to
+    /// persist it (or a repeat of such an event). `None`: anything else,
+    /// for [`Self::on_event`].
+    fn plain_event(&self, pending: &PlainEvents, event: &TaskEventRequest) -> Option<Plain> {
+        let id = TaskInstanceId(event.task_instance_id);
+        let (&node, task) = self.tasks.iter().find(|(_, t)| t.id == id)?;
+        if task.attempt != event.attempt || self.kill_on_start.contains_key(&node) {
+            return None;
+        }
+        let state = pending.state(node).unwrap_or(task.state);
+        let at = ms_to_time(event.event_time_ms);
+        match &event.event {
+            Some(Event::Running(running)) => {
+                if state != TaskState::Dispatched {
+                    return Some(Plain::Repeat);
+                }
+                tracing::info!(task_instance = %id, attempt = event.attempt, worker = %event.worker, pid = running.pid, "task running");
+                Some(Plain::Apply {
+                    node,
+                    event: TaskEvent::Start,
+                    update: Box::new(TaskUpdate {
+                        host: Some(Some(event.worker.clone())),
+                        start_time: Some(Some(at)),
+                        log_path: Some(Some(running.log_path.clone())).filter(|p| p.as_ref().is_some_and(|p| !p.is_empty())),
+                        ..Default::default()
+                    }),
+                })
+            }
+            Some(Event::Finished(finished)) if finished.outcome == TaskOutcome::Success as i32 => {
+                if state.is_final() || state == TaskState::RetryWait {
+                    return Some(Plain::Repeat);
+                }
+                tracing::info!(task_instance = %id, attempt = event.attempt, "task succeeded");
+                let known_host = task.host.is_some() || pending.has_host(node);
+                Some(Plain::Apply {
+                    node,
+                    event: TaskEvent::Succeed,
+                    update: Box::new(TaskUpdate {
+                        exit_code: Some(finished.exit_code),
+                        end_time: Some(Some(at)),
+                        message: Some(Some(finished.reason.clone())),
+                        outputs: Some(finished.outputs.clone().into_iter().collect()),
+                        host: (!known_host).then(|| Some(event.worker.clone())),
+                        ..Default::default()
+                    }),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Persists the pending plain events in one transaction, then
+    /// acknowledges them.
+    async fn flush(&mut self, plain: &mut PlainEvents) -> Result<(), Abort> {
+        if plain.changes.is_empty() {
+            return Ok(());
+        }
+        let PlainEvents { changes, acks, .. } = std::mem::take(plain);
+        let updates = self.plain_updates(&changes);
+        let stored = persist!(self, self.shared.store.update_task_instances(self.fence, &updates))?;
+        for ((node, _, _), task) in changes.into_iter().zip(stored) {
+            self.tasks.insert(node, task);
+        }
+        for ack in acks {
+            let _ = ack.send(true);
+        }
+        Ok(())
+    }
+
+    /// The rows' changes for merged plain events.
+    fn plain_updates(&self, changes: &[(TaskNode, TaskState, TaskUpdate)]) -> Vec<(TaskInstanceId, TaskUpdate)> {
+        changes
+            .iter()
+            .map(|(node, state, update)| (self.tasks[node].id, TaskUpdate { state: Some(*state), ..update.clone() }))
+            .collect()
     }
 
     async fn handle(&mut self, msg: DriverMsg) -> Result<(), Abort> {
@@ -375,7 +579,7 @@ impl Driver {
                 }
             }
         }
-        self.dispatch_ready().await
+        Ok(())
     }
 
     async fn on_event(&mut self, event: TaskEventRequest) -> Result<(), Abort> {
@@ -676,7 +880,18 @@ impl Driver {
         if ready.is_empty() {
             return Ok(());
         }
-        let news: Vec<NewTaskInstance> = ready
+        let news = self.new_task_instances(&ready);
+        // Created already dispatched, in one commit: they are queued right
+        // below, and a hand-off between chained tasks is mostly commits.
+        let created = persist!(self, self.shared.store.create_dispatched_task_instances(self.fence, &news))?;
+        for (node, task) in ready.iter().zip(created) {
+            self.tasks.insert(*node, task);
+        }
+        self.dispatch_all(ready).await
+    }
+
+    fn new_task_instances(&self, ready: &[TaskNode]) -> Vec<NewTaskInstance> {
+        ready
             .iter()
             .map(|&node| {
                 let def = self.def.task(self.dag.name(node)).expect("dag and definition agree");
@@ -691,14 +906,7 @@ impl Driver {
                     run: self.instance.run,
                 }
             })
-            .collect();
-        // Created already dispatched, in one commit: they are queued right
-        // below, and a hand-off between chained tasks is mostly commits.
-        let created = persist!(self, self.shared.store.create_dispatched_task_instances(self.fence, &news))?;
-        for (node, task) in ready.iter().zip(created) {
-            self.tasks.insert(*node, task);
-        }
-        self.dispatch_all(ready).await
+            .collect()
     }
 
     fn task_spec(&self, node: TaskNode) -> &TaskSpec {

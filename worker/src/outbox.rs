@@ -2,10 +2,14 @@
 //!
 //! A master persists every state change a worker reports, so an event that
 //! is lost is a task that looks stuck forever. Events therefore go into an
-//! in-memory outbox per master address, and one sender per master delivers
-//! them in order, resending each (with backoff) until the master accepts it.
-//! Delivery is at least once: the master ignores repeats. Task runners only
-//! ever enqueue, so a master that is down or slow never holds a task up.
+//! in-memory outbox per master address, delivered by [`LANES`] senders per
+//! master: a task's events always go through the same lane, so they arrive
+//! in order, while different tasks' events are delivered side by side (a
+//! master persists each event before accepting it, and takes the events
+//! that arrive together in one transaction). Each is resent (with backoff)
+//! until the master accepts it. Delivery is at least once: the master
+//! ignores repeats. Task runners only ever enqueue, so a master that is
+//! down or slow never holds a task up.
 //!
 //! After a master failover the instance has a new owner. A master that
 //! refuses an event names the owner, and the event (and the task's later
@@ -35,6 +39,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed attempts on one master before asking the live ones.
 const ASK_OTHERS_AFTER: u32 = 3;
+/// Events of different tasks in flight to one master at most.
+const LANES: usize = 16;
 
 pub(crate) struct Outbox {
     /// `None` once closed.
@@ -48,9 +54,10 @@ pub(crate) struct Outbox {
     registry: Arc<dyn Registry>,
 }
 
+/// The lanes of one master.
 struct Sender {
-    events: mpsc::UnboundedSender<TaskEventRequest>,
-    task: JoinHandle<()>,
+    lanes: Vec<mpsc::UnboundedSender<TaskEventRequest>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Outbox {
@@ -102,15 +109,20 @@ impl Outbox {
             return;
         };
         let sender = senders.entry(master.to_owned()).or_insert_with(|| {
-            let (events, queue) = mpsc::unbounded_channel();
-            let task = tokio::spawn(deliver(self.clone(), master.to_owned(), queue));
-            Sender { events, task }
+            let (lanes, tasks) = (0..LANES)
+                .map(|_| {
+                    let (events, queue) = mpsc::unbounded_channel();
+                    (events, tokio::spawn(deliver(self.clone(), master.to_owned(), queue)))
+                })
+                .unzip();
+            Sender { lanes, tasks }
         });
         self.pending.send_modify(|n| *n += 1);
+        let lane = event.task_instance_id.rem_euclid(LANES as i64) as usize;
         // The receiver lives as long as the sender task, which only ends
         // when this sender is dropped (or aborted by `close`, which also
         // removes this entry under the same lock).
-        let _ = sender.events.send(event);
+        let _ = sender.lanes[lane].send(event);
     }
 
     /// Events not yet accepted by their master.
@@ -136,8 +148,8 @@ impl Outbox {
                 .map(|map| map.into_values().collect())
                 .unwrap_or_default()
         };
-        for sender in senders {
-            sender.task.abort();
+        for task in senders.into_iter().flat_map(|sender| sender.tasks) {
+            task.abort();
         }
         self.pending()
     }
@@ -147,7 +159,7 @@ impl Outbox {
     }
 }
 
-/// The sender of one master: delivers its events one at a time, in order.
+/// One lane of a master: delivers its events one at a time, in order.
 async fn deliver(outbox: Arc<Outbox>, master: String, mut queue: mpsc::UnboundedReceiver<TaskEventRequest>) {
     if outbox.client(&master).is_none() {
         // No retry can fix an address that does not parse: drop what

@@ -790,6 +790,27 @@ pub struct TaskUpdate {
     pub retries: Option<u32>,
 }
 
+impl TaskUpdate {
+    /// This change followed by `later`: a field `later` sets wins.
+    pub fn then(self, later: TaskUpdate) -> TaskUpdate {
+        TaskUpdate {
+            state: later.state.or(self.state),
+            attempt: later.attempt.or(self.attempt),
+            failovers: later.failovers.or(self.failovers),
+            host: later.host.or(self.host),
+            exit_code: later.exit_code.or(self.exit_code),
+            retry_at: later.retry_at.or(self.retry_at),
+            log_path: later.log_path.or(self.log_path),
+            start_time: later.start_time.or(self.start_time),
+            end_time: later.end_time.or(self.end_time),
+            outputs: later.outputs.or(self.outputs),
+            message: later.message.or(self.message),
+            run: later.run.or(self.run),
+            retries: later.retries.or(self.retries),
+        }
+    }
+}
+
 /// A change to a workflow instance, fenced like [`TaskUpdate`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowUpdate {
@@ -858,6 +879,28 @@ mod tests {
         assert_eq!(Priority::from_rank(0), Some(Priority::Highest));
         assert_eq!(Priority::from_rank(5), None);
         assert!(Priority::Highest < Priority::Lowest);
+    }
+
+    #[test]
+    fn a_later_task_update_wins_where_it_sets_a_field() {
+        let started = TaskUpdate {
+            state: Some(TaskState::Running),
+            host: Some(Some("w1:5678".into())),
+            start_time: Some(Some(Utc::now())),
+            ..Default::default()
+        };
+        let succeeded = TaskUpdate {
+            state: Some(TaskState::Success),
+            exit_code: Some(Some(0)),
+            host: None,
+            ..Default::default()
+        };
+        let merged = started.clone().then(succeeded);
+        assert_eq!(merged.state, Some(TaskState::Success));
+        assert_eq!(merged.host, started.host, "kept: the later change does not set it");
+        assert_eq!(merged.start_time, started.start_time);
+        assert_eq!(merged.exit_code, Some(Some(0)));
+        assert_eq!(merged.end_time, None);
     }
 
     #[test]

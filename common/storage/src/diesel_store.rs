@@ -164,6 +164,48 @@ macro_rules! store_impl {
     ) => {
         type Conn = $conn;
 
+        /// Applies task changes under the fence (checked by the caller, in
+        /// the same transaction).
+        fn update_task_rows(c: &mut Conn, fence: Fence, changes: &[(TaskInstanceId, TaskChangeset)]) -> Result<Vec<TaskInstance>> {
+            changes
+                .iter()
+                .map(|(id, changes)| {
+                    diesel::update(task_instances::table.find(id.get()))
+                        .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                        .set(changes)
+                        .returning(TaskInstanceRow::as_returning())
+                        .get_result(c)
+                        .optional()?
+                        .ok_or_else(|| StoreError::NotFound(format!(
+                            "task instance {id} of workflow instance {}", fence.workflow_instance_id
+                        )))?
+                        .into_domain()
+                })
+                .collect()
+        }
+
+        fn insert_task_rows(c: &mut Conn, new: &[NewTaskInstance], state: TaskState, now: i64) -> Result<Vec<TaskInstance>> {
+            new.iter()
+                .map(|n| {
+                    diesel::insert_into(task_instances::table)
+                        .values(NewTaskInstanceRow::new(n, state, now))
+                        .returning(TaskInstanceRow::as_returning())
+                        .get_result(c)?
+                        .into_domain()
+                })
+                .collect()
+        }
+
+        fn stray_task(fence: Fence, new: &[NewTaskInstance]) -> Result<()> {
+            match new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
+                Some(stray) => Err(StoreError::Conflict(format!(
+                    "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
+                    stray.name, stray.workflow_instance_id, fence.workflow_instance_id
+                ))),
+                None => Ok(()),
+            }
+        }
+
         /// Loads one version of a workflow definition with its tasks.
         fn load_definition(c: &mut Conn, workflow: WorkflowRow, version: Option<u32>) -> Result<Option<WorkflowDefinition>> {
             let version = version.map(|v| v as i32).unwrap_or(workflow.current_version);
@@ -346,26 +388,12 @@ macro_rules! store_impl {
             /// Inserts task instances of the fenced instance in `state`, in
             /// one transaction.
             async fn insert_task_instances(&self, fence: Fence, new: &[NewTaskInstance], state: TaskState) -> Result<Vec<TaskInstance>> {
-                if let Some(stray) = new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
-                    return Err(StoreError::Conflict(format!(
-                        "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
-                        stray.name, stray.workflow_instance_id, fence.workflow_instance_id
-                    )));
-                }
+                stray_task(fence, new)?;
                 let new = new.to_vec();
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         check_fence(c, fence)?;
-                        let now = now_ms();
-                        new.iter()
-                            .map(|n| {
-                                diesel::insert_into(task_instances::table)
-                                    .values(NewTaskInstanceRow::new(n, state, now))
-                                    .returning(TaskInstanceRow::as_returning())
-                                    .get_result(c)?
-                                    .into_domain()
-                            })
-                            .collect()
+                        insert_task_rows(c, &new, state, now_ms())
                     })
                 })
                 .await
@@ -1174,21 +1202,29 @@ macro_rules! store_impl {
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         check_fence(c, fence)?;
-                        changes
-                            .iter()
-                            .map(|(id, changes)| {
-                                diesel::update(task_instances::table.find(id.get()))
-                                    .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
-                                    .set(changes)
-                                    .returning(TaskInstanceRow::as_returning())
-                                    .get_result(c)
-                                    .optional()?
-                                    .ok_or_else(|| StoreError::NotFound(format!(
-                                        "task instance {id} of workflow instance {}", fence.workflow_instance_id
-                                    )))?
-                                    .into_domain()
-                            })
-                            .collect()
+                        update_task_rows(c, fence, &changes)
+                    })
+                })
+                .await
+            }
+
+            async fn update_and_create_dispatched(
+                &self,
+                fence: Fence,
+                updates: &[(TaskInstanceId, TaskUpdate)],
+                new: &[NewTaskInstance],
+            ) -> Result<(Vec<TaskInstance>, Vec<TaskInstance>)> {
+                stray_task(fence, new)?;
+                let dispatched = TaskState::Submitted.transition(TaskEvent::Dispatch).map_err(|e| StoreError::Conflict(e.to_string()))?;
+                let now = now_ms();
+                let changes: Vec<(TaskInstanceId, TaskChangeset)> = updates.iter().map(|(id, u)| (*id, TaskChangeset::new(u, now))).collect();
+                let new = new.to_vec();
+                self.run(move |c: &mut Conn| {
+                    c.$txn(|c| {
+                        check_fence(c, fence)?;
+                        let updated = update_task_rows(c, fence, &changes)?;
+                        let created = insert_task_rows(c, &new, dispatched, now)?;
+                        Ok((updated, created))
                     })
                 })
                 .await

@@ -164,6 +164,16 @@ pub trait Store: Send + Sync + 'static {
     /// one commit instead of two (create, then mark) is most of what a
     /// hand-off between two chained tasks costs.
     async fn create_dispatched_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
+    /// [`Store::update_task_instances`] and
+    /// [`Store::create_dispatched_task_instances`] in one transaction: a
+    /// master records that tasks ended and queues what they unblocked with
+    /// one commit. The updated rows, then the created ones.
+    async fn update_and_create_dispatched(
+        &self,
+        fence: Fence,
+        updates: &[(TaskInstanceId, TaskUpdate)],
+        new: &[NewTaskInstance],
+    ) -> Result<(Vec<TaskInstance>, Vec<TaskInstance>)>;
     async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance> {
         let mut updated = self.update_task_instances(fence, &[(id, update.clone())]).await?;
         Ok(updated.pop().expect("one update, one row"))

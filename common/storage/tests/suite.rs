@@ -72,6 +72,7 @@ store_suite!(
     stale_fences_are_refused,
     task_instances_are_created_and_updated_under_the_fence,
     task_instances_can_be_created_dispatched,
+    task_updates_and_their_successors_are_written_together,
     a_command_becomes_an_instance_atomically,
     backfills_create_runs_in_order_within_their_parallelism,
     a_finished_backfill_is_done,
@@ -110,6 +111,21 @@ async fn workflow(store: &Arc<dyn Store>) -> (Project, WorkflowDefinition) {
 
 fn new_instance(w: &WorkflowDefinition, owner: Option<&str>) -> NewWorkflowInstance {
     NewWorkflowInstance { owner: owner.map(str::to_owned), ..NewWorkflowInstance::start(w) }
+}
+
+/// A new instance of task `name` of `w` in `wi`.
+fn new_task_of(w: &WorkflowDefinition, wi: &WorkflowInstance, name: &str) -> NewTaskInstance {
+    let def = w.task(name).unwrap();
+    NewTaskInstance {
+        workflow_instance_id: wi.id,
+        task_definition_id: def.id,
+        name: name.to_string(),
+        task_type: def.spec.task_type.clone(),
+        priority: Priority::Medium,
+        worker_group: WorkerGroup::default(),
+        max_retries: 1,
+        run: 1,
+    }
 }
 
 async fn projects_are_unique_by_name(store: Arc<dyn Store>) {
@@ -539,19 +555,7 @@ async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn S
     let fence = wi.fence();
     let news: Vec<NewTaskInstance> = ["a", "b"]
         .iter()
-        .map(|name| {
-            let def = w.task(name).unwrap();
-            NewTaskInstance {
-                workflow_instance_id: wi.id,
-                task_definition_id: def.id,
-                name: name.to_string(),
-                task_type: def.spec.task_type.clone(),
-                priority: Priority::Low,
-                worker_group: WorkerGroup::default(),
-                max_retries: 2,
-                run: 1,
-            }
-        })
+        .map(|name| NewTaskInstance { priority: Priority::Low, max_retries: 2, ..new_task_of(&w, &wi, name) })
         .collect();
     let tasks = store.create_task_instances(fence, &news).await.unwrap();
     assert_eq!(tasks.len(), 2);
@@ -624,19 +628,7 @@ async fn task_instances_can_be_created_dispatched(store: Arc<dyn Store>) {
     let (_, w) = workflow(&store).await;
     let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
     let fence = wi.fence();
-    let new_task = |name: &str| {
-        let def = w.task(name).unwrap();
-        NewTaskInstance {
-            workflow_instance_id: wi.id,
-            task_definition_id: def.id,
-            name: name.to_string(),
-            task_type: def.spec.task_type.clone(),
-            priority: Priority::Medium,
-            worker_group: WorkerGroup::default(),
-            max_retries: 1,
-            run: 1,
-        }
-    };
+    let new_task = |name: &str| new_task_of(&w, &wi, name);
     let tasks = store.create_dispatched_task_instances(fence, &[new_task("a"), new_task("b")]).await.unwrap();
     assert_eq!(tasks.iter().map(|t| (t.name.as_str(), t.state, t.attempt)).collect::<Vec<_>>(), [
         ("a", TaskState::Dispatched, 1),
@@ -649,6 +641,42 @@ async fn task_instances_can_be_created_dispatched(store: Arc<dyn Store>) {
     let err = store.create_dispatched_task_instances(fence, &[new_task("c")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 2);
+}
+
+/// A task's end and the tasks it unblocks are one commit: both or neither.
+async fn task_updates_and_their_successors_are_written_together(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let new_task = |name: &str| new_task_of(&w, &wi, name);
+    let a = store.create_dispatched_task_instances(fence, &[new_task("a")]).await.unwrap().remove(0);
+    let succeeded = TaskUpdate { state: Some(TaskState::Success), exit_code: Some(Some(0)), ..Default::default() };
+    let (updated, created) = store
+        .update_and_create_dispatched(fence, &[(a.id, succeeded.clone())], &[new_task("b"), new_task("c")])
+        .await
+        .unwrap();
+    assert_eq!(updated.iter().map(|t| (t.name.as_str(), t.state)).collect::<Vec<_>>(), [("a", TaskState::Success)]);
+    assert_eq!(created.iter().map(|t| (t.name.as_str(), t.state)).collect::<Vec<_>>(), [
+        ("b", TaskState::Dispatched),
+        ("c", TaskState::Dispatched)
+    ]);
+    let mut stored = store.task_instances(wi.id).await.unwrap();
+    stored.sort_by_key(|t| t.id);
+    assert_eq!(stored, [updated.clone(), created.clone()].concat(), "stored as returned");
+
+    // An update of a row that is not the instance's fails the whole write:
+    // the successor it came with is not created.
+    let stranger = TaskInstanceId(stored.iter().map(|t| t.id.get()).max().unwrap() + 1000);
+    let err = store.update_and_create_dispatched(fence, &[(stranger, succeeded.clone())], &[new_task("d")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 3, "nothing half-written");
+    // A stale owner writes nothing.
+    store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
+    let err = store.update_and_create_dispatched(fence, &[(created[0].id, succeeded)], &[new_task("d")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    let after = store.task_instances(wi.id).await.unwrap();
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|t| t.name != "b" || t.state == TaskState::Dispatched));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -778,17 +806,7 @@ async fn a_finished_backfill_is_done(store: Arc<dyn Store>) {
 /// An instance with one task, moved to `state`, ended `ended_days_ago`.
 async fn history_row(store: &Arc<dyn Store>, w: &WorkflowDefinition, state: WorkflowState, ended_days_ago: Option<i64>) -> (WorkflowInstanceId, TaskInstanceId) {
     let wi = store.create_workflow_instance(&new_instance(w, Some("m:1"))).await.unwrap();
-    let def = &w.tasks[0];
-    let new_task = NewTaskInstance {
-        workflow_instance_id: wi.id,
-        task_definition_id: def.id,
-        name: def.spec.name.clone(),
-        task_type: def.spec.task_type.clone(),
-        priority: Priority::Medium,
-        worker_group: WorkerGroup::default(),
-        max_retries: 0,
-        run: 1,
-    };
+    let new_task = NewTaskInstance { max_retries: 0, ..new_task_of(w, &wi, &w.tasks[0].spec.name) };
     let task = store.create_task_instances(wi.fence(), &[new_task]).await.unwrap()[0].id;
     let end = ended_days_ago.map(|d| Utc::now() - chrono::Duration::days(d));
     store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(state), end_time: Some(end), ..Default::default() }).await.unwrap();
