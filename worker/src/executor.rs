@@ -196,13 +196,12 @@ async fn attempt(
         .join(dispatch.task_instance_id.to_string())
         .join(dispatch.attempt.to_string());
     let log_path = log.path().to_owned();
-    log.note(&format!(
+    log.note_soon(&format!(
         "attempt {} of task `{}` ({}) of {}/{}, workflow instance {}, on worker {}",
         dispatch.attempt, dispatch.task, dispatch.task_type, dispatch.project, dispatch.workflow, dispatch.workflow_instance_id, shared.addr
-    ))
-    .await;
+    ));
     let params: Vec<String> = dispatch.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    log.note(&format!("parameters: {}", if params.is_empty() { "none".to_owned() } else { params.join(", ") })).await;
+    log.note_soon(&format!("parameters: {}", if params.is_empty() { "none".to_owned() } else { params.join(", ") }));
     let failed = |reason: String| Finished::failure(reason);
     let spec = match shared.plugins.prepare(dispatch, &workdir) {
         Ok(spec) => spec,
@@ -218,7 +217,7 @@ async fn attempt(
             return (failed(reason), Some(log));
         }
     };
-    log.note(&format!("command: {}", command_line(&spec))).await;
+    log.note_soon(&format!("command: {}", command_line(&spec)));
     // Killed while the working directory was being prepared.
     if let Ok(cause) = stop.try_recv() {
         return (stopped_before_start(cause), Some(log));
@@ -405,23 +404,23 @@ async fn prepare_process(
     spec: &sluice_tasks::ProcessSpec,
     workdir: &Path,
 ) -> Result<(Command, std::io::PipeReader), String> {
-    let io = |what: &str, path: &Path, e: std::io::Error| {
-        format!("cannot {what} {}: {e}", path.display())
-    };
-    tokio::fs::create_dir_all(workdir)
-        .await
-        .map_err(|e| io("create working directory", workdir, e))?;
-    for (name, content) in &spec.files {
-        let path = workdir.join(name);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| io("create directory", parent, e))?;
+    // The directory and every file in one trip to the blocking pool: a
+    // short task spends a good part of its hand-off on such trips.
+    let files: Vec<(std::path::PathBuf, String)> = spec.files.iter().map(|(name, content)| (workdir.join(name), content.clone())).collect();
+    let dir = workdir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let io = |what: &str, path: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+        std::fs::create_dir_all(&dir).map_err(|e| io("create working directory", &dir, e))?;
+        for (path, content) in &files {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io("create directory", parent, e))?;
+            }
+            std::fs::write(path, content).map_err(|e| io("write", path, e))?;
         }
-        tokio::fs::write(&path, content)
-            .await
-            .map_err(|e| io("write", &path, e))?;
-    }
+        Ok::<(), String>(())
+    })
+    .await
+    .map_err(|e| format!("cannot prepare the working directory: {e}"))??;
     // One pipe for both streams: their writes reach the worker in the
     // order they happen, and the worker stamps and writes each line.
     let pipe_error = |e: std::io::Error| format!("cannot create a pipe for the task's output: {e}");

@@ -58,26 +58,30 @@ pub(crate) struct LogWriter {
     /// `false` while writing; `true` once complete. Every write notifies.
     written: watch::Sender<bool>,
     failed: bool,
+    /// Lines noted with [`LogWriter::note_soon`], written with the next write.
+    held: String,
 }
 
 impl LogWriter {
     /// Opens (appends to: a repeated attempt number must not erase what
     /// the first run logged) the attempt's log and makes it followable.
     pub(crate) async fn open(live: &LiveLogs, key: LogKey, path: PathBuf) -> Result<LogWriter, String> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| format!("cannot create log directory {}: {e}", parent.display()))?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        let opening = path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = opening.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create log directory {}: {e}", parent.display()))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&opening)
+                .map_err(|e| format!("cannot open log file {}: {e}", opening.display()))
+        })
+        .await
+        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))??;
         let (written, watching) = watch::channel(false);
         live.lock().insert(key, watching);
-        Ok(LogWriter { key, path, file, written, failed: false })
+        Ok(LogWriter { key, path, file: tokio::fs::File::from_std(file), written, failed: false, held: String::new() })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -87,10 +91,14 @@ impl LogWriter {
     /// Appends formatted lines and wakes followers. A full disk must not
     /// fail the task: the first error is logged, later lines are dropped.
     async fn write(&mut self, lines: &str) {
-        if self.failed || lines.is_empty() {
+        let held = std::mem::take(&mut self.held);
+        if self.failed || (lines.is_empty() && held.is_empty()) {
             return;
         }
         let result = async {
+            if !held.is_empty() {
+                self.file.write_all(held.as_bytes()).await?;
+            }
             self.file.write_all(lines.as_bytes()).await?;
             self.file.flush().await
         }
@@ -105,6 +113,18 @@ impl LogWriter {
     /// One `[sluice]` line.
     pub(crate) async fn note(&mut self, text: &str) {
         self.write(&format_line(Utc::now(), Source::Sluice, text.as_bytes())).await;
+    }
+
+    /// One `[sluice]` line, stamped now and written with the next write
+    /// (the task's first output, or the next note): lines noted while an
+    /// attempt is being prepared cost one write between them.
+    pub(crate) fn note_soon(&mut self, text: &str) {
+        self.held.push_str(&format_line(Utc::now(), Source::Sluice, text.as_bytes()));
+    }
+
+    /// Writes what [`Self::note_soon`] held back.
+    pub(crate) async fn write_held(&mut self) {
+        self.write("").await;
     }
 
     /// Marks the log complete: followers send what is left and end.
@@ -138,6 +158,9 @@ pub(crate) async fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     let mut deadline: Option<Instant> = None;
     let mut notes_open = true;
+    // What was noted while the attempt was prepared, so that a follower of
+    // a silent task sees how it started.
+    writer.write_held().await;
     loop {
         tokio::select! {
             read = pipe.read(&mut buf) => match read {

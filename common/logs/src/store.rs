@@ -58,13 +58,20 @@ fn not_found(error: &LogError) -> bool {
 impl LogStore for DirLogStore {
     async fn put(&self, key: &LogKey, from: &Path) -> Result<(), LogError> {
         let to = self.path(key);
-        if let Some(parent) = to.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(LogError::io("create directory", parent))?;
-        }
-        // Copied aside, then renamed over: atomic on one file system.
-        let partial = to.with_extension("log.partial");
-        tokio::fs::copy(from, &partial).await.map_err(LogError::io("copy the log to", &partial))?;
-        tokio::fs::rename(&partial, &to).await.map_err(LogError::io("rename the log to", &to))
+        let from = from.to_owned();
+        // One trip to the blocking pool: it is on the way from a task's end
+        // to its report.
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(LogError::io("create directory", parent))?;
+            }
+            // Copied aside, then renamed over: atomic on one file system.
+            let partial = to.with_extension("log.partial");
+            std::fs::copy(&from, &partial).map_err(LogError::io("copy the log to", &partial))?;
+            std::fs::rename(&partial, &to).map_err(LogError::io("rename the log to", &to))
+        })
+        .await
+        .map_err(|e| LogError::io("copy the log to", &self.dir)(std::io::Error::other(e)))?
     }
 
     async fn read(&self, key: &LogKey, offset: u64, limit: usize) -> Result<Option<Page>, LogError> {
