@@ -145,7 +145,7 @@ struct Driver {
     /// running, and its entry is not in the queue, it is put again.
     uncertain_puts: HashMap<TaskNode, UncertainPut>,
     /// Task instance id → task, see [`Driver::node_of`].
-    by_id: std::sync::Mutex<HashMap<TaskInstanceId, TaskNode>>,
+    by_id: HashMap<TaskInstanceId, TaskNode>,
 }
 
 struct UncertainPut {
@@ -322,7 +322,7 @@ impl Driver {
             retry_at,
             kill_on_start: HashMap::new(),
             uncertain_puts: HashMap::new(),
-            by_id: Default::default(),
+            by_id: HashMap::new(),
             stopping: false,
             pausing: false,
         })
@@ -455,25 +455,14 @@ impl Driver {
             self.flush(&mut plain).await?;
             return self.dispatch_ready().await;
         }
-        let mut states = self.states();
-        for (node, state, _) in &plain.changes {
-            states.insert(*node, *state);
-        }
-        let ready = self.view(&states).ready();
-        drop(states);
-        let news = self.new_task_instances(&ready);
-        let PlainEvents { changes, acks, .. } = plain;
-        let updates = self.plain_updates(&changes);
-        let (updated, created) = persist!(self, self.shared.store.update_and_create_dispatched(self.fence, &updates, &news))?;
-        for ((node, _, _), task) in changes.into_iter().zip(updated) {
-            self.tasks.insert(node, task);
-        }
-        for (node, task) in ready.iter().zip(created) {
-            self.tasks.insert(*node, task);
-        }
-        for ack in acks {
-            let _ = ack.send(true);
-        }
+        let ready = {
+            let mut states = self.states();
+            for (node, state, _) in &plain.changes {
+                states.insert(*node, *state);
+            }
+            self.view(&states).ready()
+        };
+        self.persist_plain(plain, &ready).await?;
         if !ready.is_empty() {
             self.dispatch_all(ready).await?;
         }
@@ -484,7 +473,7 @@ impl Driver {
     /// running or successful, with nothing else to do about it than to
     /// persist it (or a repeat of such an event). `None`: anything else,
     /// for [`Self::on_event`].
-    fn plain_event(&self, pending: &PlainEvents, event: &TaskEventRequest) -> Option<Plain> {
+    fn plain_event(&mut self, pending: &PlainEvents, event: &TaskEventRequest) -> Option<Plain> {
         let id = TaskInstanceId(event.task_instance_id);
         let node = self.node_of(id)?;
         let task = &self.tasks[&node];
@@ -539,11 +528,25 @@ impl Driver {
         if plain.changes.is_empty() {
             return Ok(());
         }
-        let PlainEvents { changes, acks, .. } = std::mem::take(plain);
-        let updates = self.plain_updates(&changes);
-        let stored = persist!(self, self.shared.store.update_task_instances(self.fence, &updates))?;
-        for ((node, _, _), task) in changes.into_iter().zip(stored) {
+        self.persist_plain(std::mem::take(plain), &[]).await
+    }
+
+    /// Persists plain events and creates the `ready` tasks' instances
+    /// (already dispatched) in one transaction, then acknowledges the
+    /// events.
+    async fn persist_plain(&mut self, plain: PlainEvents, ready: &[TaskNode]) -> Result<(), Abort> {
+        let PlainEvents { changes, acks, .. } = plain;
+        let updates: Vec<(TaskInstanceId, TaskUpdate)> = changes
+            .iter()
+            .map(|(node, state, update)| (self.tasks[node].id, TaskUpdate { state: Some(*state), ..update.clone() }))
+            .collect();
+        let news = self.new_task_instances(ready);
+        let (updated, created) = persist!(self, self.shared.store.update_and_create_dispatched(self.fence, &updates, &news))?;
+        for ((node, _, _), task) in changes.into_iter().zip(updated) {
             self.tasks.insert(node, task);
+        }
+        for (node, task) in ready.iter().zip(created) {
+            self.tasks.insert(*node, task);
         }
         for ack in acks {
             let _ = ack.send(true);
@@ -555,24 +558,14 @@ impl Driver {
     /// against `tasks`, refreshed by a scan when it misses, so no write path
     /// has to maintain it: an event costs O(1) instead of a scan of every
     /// task of a 10,000-task instance.
-    fn node_of(&self, id: TaskInstanceId) -> Option<TaskNode> {
-        let mut index = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&node) = index.get(&id) {
+    fn node_of(&mut self, id: TaskInstanceId) -> Option<TaskNode> {
+        if let Some(&node) = self.by_id.get(&id) {
             if self.tasks.get(&node).is_some_and(|t| t.id == id) {
                 return Some(node);
             }
         }
-        index.clear();
-        index.extend(self.tasks.iter().map(|(node, t)| (t.id, *node)));
-        index.get(&id).copied()
-    }
-
-    /// The rows' changes for merged plain events.
-    fn plain_updates(&self, changes: &[(TaskNode, TaskState, TaskUpdate)]) -> Vec<(TaskInstanceId, TaskUpdate)> {
-        changes
-            .iter()
-            .map(|(node, state, update)| (self.tasks[node].id, TaskUpdate { state: Some(*state), ..update.clone() }))
-            .collect()
+        self.by_id = self.tasks.iter().map(|(node, t)| (t.id, *node)).collect();
+        self.by_id.get(&id).copied()
     }
 
     async fn handle(&mut self, msg: DriverMsg) -> Result<(), Abort> {

@@ -1197,15 +1197,7 @@ macro_rules! store_impl {
             }
 
             async fn update_task_instances(&self, fence: Fence, updates: &[(TaskInstanceId, TaskUpdate)]) -> Result<Vec<TaskInstance>> {
-                let now = now_ms();
-                let changes: Vec<(TaskInstanceId, TaskChangeset)> = updates.iter().map(|(id, u)| (*id, TaskChangeset::new(u, now))).collect();
-                self.run(move |c: &mut Conn| {
-                    c.$txn(|c| {
-                        check_fence(c, fence)?;
-                        update_task_rows(c, fence, &changes)
-                    })
-                })
-                .await
+                Ok(self.update_and_create_dispatched(fence, updates, &[]).await?.0)
             }
 
             async fn update_and_create_dispatched(
