@@ -361,7 +361,8 @@ mod tests {
         let new = NewWorkflowInstance { owner: Some("test".into()), ..NewWorkflowInstance::start(&def) };
         let wi = store.create_workflow_instance(&new).await.unwrap();
         let fence = wi.fence();
-        store.update_workflow_instance(fence, &WorkflowUpdate { state: Some(state), ..Default::default() }).await.unwrap();
+        let path = WorkflowState::Submitted.path_to(state).unwrap();
+        store.change_workflow(fence, &WorkflowChange { from: WorkflowState::Submitted, events: path, update: WorkflowUpdate::default() }).await.unwrap();
         let mut ids = Vec::new();
         for (name, task_state) in tasks {
             let definition = def.task(name).unwrap();
@@ -374,9 +375,12 @@ mod tests {
                 worker_group: WorkerGroup::default(),
                 max_retries: 0,
                 run: 1,
+                events: Vec::new(),
+                message: None,
             };
-            let task = store.create_task_instances(fence, &[new]).await.unwrap().remove(0);
-            store.update_task_instance(fence, task.id, &TaskUpdate { state: Some(*task_state), ..Default::default() }).await.unwrap();
+            let task = store.create_tasks(fence, &[new]).await.unwrap().remove(0);
+            let path = TaskState::Submitted.path_to(*task_state).unwrap();
+            store.change_task(fence, &TaskChange::new(&task, path, TaskUpdate::default())).await.unwrap();
             ids.push(task.id.get());
         }
         (wi.id.get(), ids)
@@ -425,13 +429,13 @@ mod tests {
         conflict(post(format!("/task-instances/{}/force-success", ok_tasks[0])).await, "(`a`) is success: force-success needs it failure or killed");
         let rerun = accepted(post(format!("/workflow-instances/{ok}/rerun")).await);
         assert_eq!((rerun["workflow_instance_id"].as_i64(), rerun["run"].as_u64()), (Some(ok), Some(2)));
-        conflict(post(format!("/workflow-instances/{ok}/rerun")).await, "already has a rerun queued");
+        conflict(post(format!("/workflow-instances/{ok}/rerun")).await, "already has a restart queued");
 
         let (failed, failed_tasks) =
             instance_in(store.as_ref(), workflow, WorkflowState::Failure, &[("a", TaskState::Success), ("b", TaskState::Failure)]).await;
         let forced = accepted(post(format!("/task-instances/{}/force-success", failed_tasks[1])).await);
         assert_eq!((forced["workflow_instance_id"].as_i64(), forced["run"].as_u64()), (Some(failed), Some(2)));
-        conflict(post(format!("/workflow-instances/{failed}/recover")).await, "already has a force_success queued");
+        conflict(post(format!("/workflow-instances/{failed}/recover")).await, "already has a restart queued");
 
         let (running, running_tasks) =
             instance_in(store.as_ref(), workflow, WorkflowState::Running, &[("a", TaskState::Failure), ("b", TaskState::Running)]).await;
@@ -447,7 +451,7 @@ mod tests {
         conflict(post(format!("/workflow-instances/{paused}/pause")).await, "is paused: pause needs it running");
         let resumed = accepted(post(format!("/workflow-instances/{paused}/resume")).await);
         assert!(resumed.get("run").is_none(), "resume goes on with the same run: {resumed}");
-        conflict(post(format!("/workflow-instances/{paused}/resume")).await, "already has a resume queued");
+        conflict(post(format!("/workflow-instances/{paused}/resume")).await, "already has a restart queued");
 
         for path in ["/workflow-instances/987654/rerun", "/workflow-instances/987654/recover", "/workflow-instances/987654/pause", "/workflow-instances/987654/resume", "/task-instances/987654/force-success"] {
             let (status, body) = post(path.to_owned()).await;
@@ -462,13 +466,13 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|c| (c.spec.workflow_instance_id.map(|i| i.get()), c.spec.kind))
+            .map(|c| (c.spec.workflow_instance_id().map(|i| i.get()), c.spec.kind()))
             .collect();
         assert_eq!(
             kinds,
             [
                 (Some(ok), CommandKind::Rerun),
-                (Some(failed), CommandKind::ForceSuccess),
+                (Some(failed), CommandKind::RecoverFailure),
                 (Some(running), CommandKind::ForceSuccess),
                 (Some(running), CommandKind::Pause),
                 (Some(paused), CommandKind::Resume),

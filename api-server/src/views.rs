@@ -437,7 +437,7 @@ pub fn plan_run(def: &WorkflowDefinition, request: RunRequest) -> ApiResult<RunP
         scope,
         ..NewWorkflowInstance::start(def)
     };
-    let command = NewCommand {
+    let command = NewCommand::Start(StartRun {
         workflow_version: Some(def.version),
         params,
         priority: Some(priority),
@@ -445,8 +445,8 @@ pub fn plan_run(def: &WorkflowDefinition, request: RunRequest) -> ApiResult<RunP
         failure_strategy: Some(failure_strategy),
         start_tasks,
         scope,
-        ..NewCommand::start(def.id)
-    };
+        ..StartRun::of(def.id)
+    });
     Ok(RunPlan { instance, command, tasks, dry_run: request.dry_run.unwrap_or(false) })
 }
 
@@ -602,7 +602,7 @@ mod tests {
         assert_eq!(plan.tasks.first().map(String::as_str), Some("a"));
         assert_eq!(plan.tasks.len(), 4);
         assert_eq!((plan.instance.priority, plan.instance.workflow_version, plan.instance.scope), (Priority::Low, 2, None));
-        assert_eq!(plan.command.workflow_version, Some(2));
+        assert!(matches!(&plan.command, NewCommand::Start(run) if run.workflow_version == Some(2)), "{:?}", plan.command);
         assert!(!plan.dry_run);
     }
 
@@ -612,7 +612,7 @@ mod tests {
         let plan = plan_run(&diamond(), request).unwrap();
         assert_eq!(plan.tasks, ["b", "d"]);
         assert_eq!((plan.instance.start_tasks.clone(), plan.instance.scope), (vec!["b".to_string()], Some(RunScope::Downstream)));
-        assert_eq!(plan.command.start_tasks, ["b"]);
+        assert!(matches!(&plan.command, NewCommand::Start(run) if run.start_tasks == ["b"]), "{:?}", plan.command);
         let only = plan_run(&diamond(), RunRequest { start_tasks: Some(vec!["c".into(), "c".into()]), ..Default::default() }).unwrap();
         assert_eq!((only.tasks, only.instance.scope), (vec!["c".to_string()], Some(RunScope::Only)));
     }

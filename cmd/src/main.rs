@@ -121,7 +121,7 @@ fn log_store(config: &Config) -> Arc<dyn LogStore> {
 }
 
 fn master(config: &Config, store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> sluice_master::Master {
-    let master = sluice_master::Master::new(config.master.clone(), store, registry);
+    let master = sluice_master::Master::new(config.master.clone(), store, registry).with_log_store(log_store(config));
     match config.log_store.retention {
         Some(retention) => master.with_log_retention(log_store(config), retention),
         None => master,

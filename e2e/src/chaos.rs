@@ -521,8 +521,7 @@ fn plan_workflows(config: &ChaosConfig, rng: &mut fastrand::Rng, out: &Path) -> 
 /// transaction).
 async fn submit(store: &Arc<dyn Store>, workflow: &WorkflowDefinition) -> Result<WorkflowInstanceId, String> {
     let instance = NewWorkflowInstance::start(workflow);
-    let mut command = NewCommand::start(workflow.id);
-    command.workflow_version = Some(workflow.version);
+    let command = NewCommand::Start(StartRun { workflow_version: Some(workflow.version), ..StartRun::of(workflow.id) });
     store.submit_run(&instance, &command).await.map(|(id, _)| id).map_err(|e| e.to_string())
 }
 

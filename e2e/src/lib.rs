@@ -241,7 +241,7 @@ impl Sandbox {
             config.history_retention = Some(retention.history);
             config.retention_interval = retention.every;
         }
-        let mut master = Master::new(config, store, registry.clone());
+        let mut master = Master::new(config, store, registry.clone()).with_log_store(self.log_store.clone());
         if let Some(retention) = retention {
             master = master.with_log_retention(self.log_store.clone(), retention.logs);
         }
@@ -300,10 +300,7 @@ impl Sandbox {
         let start_tasks: Vec<String> = start_tasks.iter().map(|t| t.to_string()).collect();
         let def = self.store.workflow_by_id(workflow, None).await.expect("load").expect("workflow exists");
         let instance = NewWorkflowInstance { start_tasks: start_tasks.clone(), scope, ..NewWorkflowInstance::start(&def) };
-        let mut command = NewCommand::start(def.id);
-        command.start_tasks = start_tasks;
-        command.scope = scope;
-        command.workflow_version = Some(def.version);
+        let command = NewCommand::Start(StartRun { start_tasks, scope, workflow_version: Some(def.version), ..StartRun::of(def.id) });
         self.store.submit_run(&instance, &command).await.expect("submit run").0
     }
 
@@ -318,10 +315,17 @@ impl Sandbox {
     /// Writes a command of `kind` for `instance` (and `tasks`), as the API does.
     pub async fn command(&self, instance: WorkflowInstanceId, kind: CommandKind, tasks: Vec<String>) {
         let wi = self.store.workflow_instance(instance).await.expect("load").expect("instance exists");
-        let mut command = NewCommand::start(wi.workflow_id);
-        command.kind = kind;
-        command.workflow_instance_id = Some(instance);
-        command.start_tasks = tasks;
+        let target = InstanceTarget::of(&wi);
+        let command = match kind {
+            CommandKind::Rerun => NewCommand::Rerun(target),
+            CommandKind::RecoverFailure => NewCommand::Recover { target, force_success: tasks },
+            CommandKind::Resume => NewCommand::Resume(target),
+            CommandKind::Pause => NewCommand::Pause(target),
+            CommandKind::Stop => NewCommand::Stop(target),
+            CommandKind::KillTask => NewCommand::KillTask { target, tasks },
+            CommandKind::ForceSuccess => NewCommand::ForceSuccess { target, tasks },
+            other => panic!("{other} is not a command for an instance"),
+        };
         self.store.insert_command(&command).await.expect("insert command");
     }
 
@@ -394,6 +398,23 @@ impl Sandbox {
         let (mut master, session) = self.masters.remove(i);
         master.crash();
         session.close().await;
+    }
+
+    /// `sluice standalone` killed and started again on the same database:
+    /// its master and worker die as a crash would (the worker's tasks with
+    /// it), the embedded registry and its queue are gone, and a new master
+    /// and worker (`slots` slots) start on a fresh one. Standalone only.
+    pub async fn restart_standalone(&mut self, slots: u32) {
+        assert!(matches!(self.registries, Registries::Embedded(_)), "restart_standalone needs a standalone sandbox");
+        for (mut worker, _) in self.workers.drain(..) {
+            worker.crash();
+        }
+        for (mut master, _) in self.masters.drain(..) {
+            master.crash();
+        }
+        self.registries = Registries::Embedded(Arc::new(EmbeddedRegistry::new().session()));
+        self.add_master().await;
+        self.add_worker(&["default"], slots).await;
     }
 
     /// Stops every role (workers first, so they report what they ran).

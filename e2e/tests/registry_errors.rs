@@ -101,6 +101,9 @@ impl Registry for Flaky {
     fn session_state(&self) -> watch::Receiver<SessionState> {
         self.inner.session_state()
     }
+    fn lost_on_restart(&self) -> bool {
+        self.inner.lost_on_restart()
+    }
     async fn close(&self) {
         self.inner.close().await
     }

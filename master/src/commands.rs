@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use sluice_domain::*;
 use sluice_registry::{paths, SignalWatch};
-use sluice_storage::StoreError;
+use sluice_storage::{RunWrite, StoreError};
+
+use crate::retry::Gave;
 
 use crate::driver::{self, DriverMsg};
 use crate::Shared;
@@ -97,27 +99,18 @@ async fn scan(shared: &Arc<Shared>) -> Result<(), String> {
     let claimed = shared.store.claim_commands(&shared.addr, shared.config.command_batch).await;
     guard.release().await;
     for command in claimed.map_err(|e| e.to_string())? {
-        let id = command.id;
-        let kind = command.spec.kind;
+        let (id, kind) = (command.id, command.spec.kind());
         // A claimed command is this master's alone: given up on a database
         // outage, it would stay claimed (and its run never start) for as
         // long as this master lives. So it is retried until the database
         // answers.
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match handle(shared, command.clone()).await {
-                Ok(()) => break,
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(command = %id, %kind, %error, retry_in = ?wait, "database unavailable while handling a command; retrying");
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    tracing::error!(command = %id, %kind, %error, "command failed");
-                    break;
+        let what = format_args!("command {id} ({kind})").to_string();
+        match crate::retry::retry(&shared.shutdown, &what, StoreError::is_retryable, || handle(shared, command.clone())).await {
+            Ok(()) | Err(Gave::Shutdown) => {}
+            Err(Gave::Up(error)) => {
+                tracing::error!(command = %id, %kind, %error, "command failed; given back for a later scan");
+                if let Err(error) = shared.store.release_command(id, &shared.addr).await {
+                    tracing::warn!(command = %id, %error, "cannot give the command back; it is released when this master restarts or fails over");
                 }
             }
         }
@@ -125,156 +118,198 @@ async fn scan(shared: &Arc<Shared>) -> Result<(), String> {
     Ok(())
 }
 
+/// Carries out one claimed command, consuming it in the same transaction
+/// as the write that carries out its effect: a master that dies before
+/// leaves the command (released by its restart or its failover), never a
+/// request the API acknowledged and nobody carried out.
 async fn handle(shared: &Arc<Shared>, command: Command) -> Result<(), StoreError> {
-    let spec = &command.spec;
-    match spec.kind {
-        CommandKind::Start => start(shared, &command).await,
-        CommandKind::Stop => {
-            let target = spec.workflow_instance_id.ok_or_else(|| StoreError::Conflict("stop needs an instance".into()))?;
-            if let Some(driver) = shared.driver(target) {
-                let _ = driver.send(DriverMsg::Stop);
-                shared.store.delete_command(command.id).await
-            } else {
-                stop_idle(shared, &command, target).await
-            }
-        }
-        CommandKind::KillTask => {
-            let target = spec.workflow_instance_id.ok_or_else(|| StoreError::Conflict("kill needs an instance".into()))?;
-            if let Some(driver) = shared.driver(target) {
-                for task in &spec.start_tasks {
-                    let _ = driver.send(DriverMsg::KillTask { task: task.clone() });
-                }
-            } else {
-                tracing::info!(workflow_instance = %target, "kill for an instance that is not running here; nothing to kill");
-            }
-            shared.store.delete_command(command.id).await
-        }
-        CommandKind::Pause | CommandKind::ForceSuccess if target_driven(shared, spec) => {
-            let driver = shared.driver(spec.workflow_instance_id.expect("checked")).expect("checked");
-            if spec.kind == CommandKind::Pause {
-                let _ = driver.send(DriverMsg::Pause);
-            } else {
-                for task in &spec.start_tasks {
-                    let _ = driver.send(DriverMsg::ForceSuccess { task: task.clone() });
+    match &command.spec {
+        NewCommand::Start(run) => start(shared, &command, run).await,
+        NewCommand::Rerun(target) => restart(shared, &command, *target, Restart::Rerun).await,
+        NewCommand::Recover { target, force_success } => restart(shared, &command, *target, Restart::Recover(force_success.clone())).await,
+        NewCommand::Resume(target) => restart(shared, &command, *target, Restart::Resume).await,
+        NewCommand::Stop(target) | NewCommand::Pause(target) | NewCommand::KillTask { target, .. } | NewCommand::ForceSuccess { target, .. } => {
+            if let Some(driver) = shared.driver(target.workflow_instance_id) {
+                // The driver's write that carries it out consumes it; a
+                // driver that ends first gives it back.
+                if driver.send(DriverMsg::Command(command.clone())).is_ok() {
+                    return Ok(());
                 }
             }
-            shared.store.delete_command(command.id).await
-        }
-        CommandKind::Pause => {
-            tracing::info!(command = %command.id, "pause for an instance that is not running; nothing to pause");
-            shared.store.delete_command(command.id).await
-        }
-        CommandKind::Rerun | CommandKind::RecoverFailure | CommandKind::ForceSuccess | CommandKind::Resume => restart(shared, &command).await,
-        other => {
-            tracing::error!(command = %command.id, kind = %other, "command kind not supported by this master version; dropped");
-            shared.store.delete_command(command.id).await
+            not_driven(shared, &command, *target).await
         }
     }
 }
 
-fn target_driven(shared: &Arc<Shared>, spec: &NewCommand) -> bool {
-    spec.workflow_instance_id.is_some_and(|id| shared.driver(id).is_some())
+/// An operator command for an instance this master does not drive.
+async fn not_driven(shared: &Arc<Shared>, command: &Command, target: InstanceTarget) -> Result<(), StoreError> {
+    let id = target.workflow_instance_id;
+    let Some(instance) = shared.store.workflow_instance(id).await? else {
+        return consumed(shared, command, "its workflow instance is gone").await;
+    };
+    let idle = matches!(instance.state, WorkflowState::Submitted | WorkflowState::Paused) || instance.state.is_final();
+    if !idle {
+        // Driven nowhere right now, yet in flight: owned by this master
+        // between an adoption and its driver's start, or by a driver that
+        // just ended. The command waits for the next scan.
+        tracing::info!(command = %command.id, workflow_instance = %id, state = %instance.state, "instance not driven right now; the command waits");
+        return shared.store.release_command(command.id, &shared.addr).await;
+    }
+    match &command.spec {
+        NewCommand::Stop(_) if instance.state.transition(WorkflowEvent::Stop) == Ok(WorkflowState::Stopped) => {
+            let reason = format!("stopped while {}", instance.state);
+            let write = RunWrite {
+                workflow: Some(WorkflowChange {
+                    from: instance.state,
+                    events: vec![WorkflowEvent::Stop],
+                    update: WorkflowUpdate { end_time: Some(Some(chrono::Utc::now())), reason: Some(Some(reason)), ..Default::default() },
+                }),
+                tasks: kills_of_waiting_tasks(shared, &instance, "workflow instance stopped").await?,
+                ..Default::default()
+            };
+            match shared.store.adopt_for_command(command.id, id, &shared.addr, instance.state, &write).await {
+                Ok(_) => {
+                    tracing::info!(workflow_instance = %id, from = %instance.state, "stopped");
+                    Ok(())
+                }
+                Err(StoreError::StaleState(reason)) => {
+                    tracing::info!(command = %command.id, %reason, "the instance moved meanwhile; the stop waits");
+                    shared.store.release_command(command.id, &shared.addr).await
+                }
+                Err(error) => Err(error),
+            }
+        }
+        NewCommand::ForceSuccess { tasks, .. } if instance.state.transition(WorkflowEvent::Recover).is_ok() => {
+            // Over by the time the command was taken: a force-success of a
+            // finished instance is a recover with the tasks forced.
+            restart(shared, command, target, Restart::Recover(tasks.clone())).await
+        }
+        other => consumed(shared, command, &format!("a {} does not apply to an instance that is {}", other.kind(), instance.state)).await,
+    }
+}
+
+/// Tasks of a paused instance that wait (withdrawn, or for a retry): killed
+/// with a stop of it.
+async fn kills_of_waiting_tasks(shared: &Arc<Shared>, instance: &WorkflowInstance, reason: &str) -> Result<Vec<TaskChange>, StoreError> {
+    let now = chrono::Utc::now();
+    Ok(shared
+        .store
+        .task_instances(instance.id)
+        .await?
+        .iter()
+        .filter(|t| matches!(t.state, TaskState::Submitted | TaskState::RetryWait))
+        .map(|t| {
+            let update = TaskUpdate { end_time: Some(Some(now)), message: Some(Some(reason.to_owned())), retry_at: Some(None), ..Default::default() };
+            TaskChange::new(t, vec![TaskEvent::Kill], update)
+        })
+        .collect())
+}
+
+/// Consumes a command that has nothing to do, saying why.
+async fn consumed(shared: &Arc<Shared>, command: &Command, why: &str) -> Result<(), StoreError> {
+    tracing::warn!(command = %command.id, kind = %command.spec.kind(), %why, "command has nothing to do; dropped");
+    shared.store.consume_command(command.id, &shared.addr).await
+}
+
+/// How an instance at rest comes back to life.
+enum Restart {
+    Rerun,
+    /// With these failed tasks forced to success first.
+    Recover(Vec<String>),
+    Resume,
 }
 
 /// Brings an instance at rest back to life: rerun or recover a finished
-/// one, force a failed task to success so its downstream can run, or resume
-/// a paused one. The instance is adopted (new epoch) with the command
-/// consumed, then driven here.
-async fn restart(shared: &Arc<Shared>, command: &Command) -> Result<(), StoreError> {
-    let spec = &command.spec;
-    let target = spec.workflow_instance_id.ok_or_else(|| StoreError::Conflict(format!("{} needs an instance", spec.kind)))?;
-    let instance = shared.store.adopt_instance_for_command(command.id, target, &shared.addr).await?;
-    let fence = instance.fence();
-    let event = match spec.kind {
-        CommandKind::Resume => WorkflowEvent::Resume,
-        CommandKind::Rerun => WorkflowEvent::Rerun,
-        _ => WorkflowEvent::Recover,
+/// one (forcing some of its failed tasks to success first), or resume a
+/// paused one. Everything is checked before anything is written; then the
+/// instance is adopted (new epoch), moved, and the command consumed, in one
+/// transaction, and driven here.
+async fn restart(shared: &Arc<Shared>, command: &Command, target: InstanceTarget, how: Restart) -> Result<(), StoreError> {
+    let id = target.workflow_instance_id;
+    let Some(instance) = shared.store.workflow_instance(id).await? else {
+        return consumed(shared, command, "its workflow instance is gone").await;
     };
-    let Ok(next) = instance.state.transition(event) else {
-        tracing::warn!(workflow_instance = %target, state = %instance.state, kind = %spec.kind, "command does not apply to the instance's state; dropped");
-        return Ok(());
+    let event = match how {
+        Restart::Rerun => WorkflowEvent::Rerun,
+        Restart::Recover(_) => WorkflowEvent::Recover,
+        Restart::Resume => WorkflowEvent::Resume,
     };
-    if spec.kind == CommandKind::ForceSuccess {
-        let tasks = shared.store.task_instances(target).await?;
-        for name in &spec.start_tasks {
-            match tasks.iter().find(|t| &t.name == name) {
-                Some(task) if task.state.transition(TaskEvent::ForceSuccess).is_ok() => {
-                    let update = TaskUpdate { state: Some(TaskState::ForcedSuccess), ..Default::default() };
-                    shared.store.update_task_instance(fence, task.id, &update).await?;
-                    tracing::info!(workflow_instance = %target, task = %name, "task forced to success");
+    if instance.state.transition(event).is_err() {
+        return consumed(shared, command, &format!("a {} does not apply to an instance that is {}", command.spec.kind(), instance.state)).await;
+    }
+    if !matches!(how, Restart::Resume) && shared.store.workflow_by_id(instance.workflow_id, Some(instance.workflow_version)).await?.is_none() {
+        return consumed(shared, command, &format!("its definition (workflow {} version {}) is gone", instance.workflow_id, instance.workflow_version)).await;
+    }
+    let mut tasks = Vec::new();
+    if let Restart::Recover(forced) = &how {
+        let rows = shared.store.task_instances(id).await?;
+        for name in forced {
+            match rows.iter().find(|t| &t.name == name) {
+                Some(task) if task.state.is_failure() => {
+                    tracing::info!(workflow_instance = %id, task = %name, "task forced to success");
+                    tasks.push(TaskChange::new(task, vec![TaskEvent::ForceSuccess], TaskUpdate::default()));
                 }
-                _ => tracing::warn!(workflow_instance = %target, task = %name, "force-success for a task that has not failed; ignored"),
+                _ => tracing::warn!(workflow_instance = %id, task = %name, "force-success of a task that has not failed; ignored"),
             }
         }
     }
-    let update = if spec.kind == CommandKind::Resume {
-        WorkflowUpdate { state: Some(next), ..Default::default() }
-    } else {
-        WorkflowUpdate {
-            state: Some(next),
-            command_kind: Some(spec.kind),
+    let update = match how {
+        Restart::Resume => WorkflowUpdate::default(),
+        _ => WorkflowUpdate {
+            command_kind: Some(if matches!(how, Restart::Rerun) { CommandKind::Rerun } else { CommandKind::RecoverFailure }),
             run: Some(instance.run + 1),
             start_time: Some(Some(chrono::Utc::now())),
             end_time: Some(None),
-        }
+            reason: Some(None),
+        },
     };
-    let instance = shared.store.update_workflow_instance(fence, &update).await?;
-    tracing::info!(workflow_instance = %target, kind = %spec.kind, run = instance.run, "workflow instance restarted");
-    driver::spawn(shared.clone(), instance);
-    Ok(())
+    let write = RunWrite { workflow: Some(WorkflowChange { from: instance.state, events: vec![event], update }), tasks, ..Default::default() };
+    match shared.store.adopt_for_command(command.id, id, &shared.addr, instance.state, &write).await {
+        Ok((instance, _)) => {
+            tracing::info!(workflow_instance = %id, kind = %command.spec.kind(), run = instance.run, "workflow instance restarted");
+            driver::spawn(shared.clone(), instance);
+            Ok(())
+        }
+        Err(StoreError::StaleState(reason)) => {
+            // It moved between the check and the write: checked again at the
+            // next scan.
+            tracing::info!(command = %command.id, %reason, "the instance moved meanwhile; the command waits");
+            shared.store.release_command(command.id, &shared.addr).await
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Starts a run: adopts the instance the API pre-created, or creates one.
-async fn start(shared: &Arc<Shared>, command: &Command) -> Result<(), StoreError> {
-    let spec = &command.spec;
-    let instance = match spec.workflow_instance_id {
-        Some(id) => shared.store.adopt_instance_for_command(command.id, id, &shared.addr).await?,
+async fn start(shared: &Arc<Shared>, command: &Command, run: &StartRun) -> Result<(), StoreError> {
+    let instance = match run.workflow_instance_id {
+        Some(id) => match shared.store.adopt_for_command(command.id, id, &shared.addr, WorkflowState::Submitted, &RunWrite::default()).await {
+            Ok((instance, _)) => instance,
+            Err(StoreError::StaleState(reason)) => return consumed(shared, command, &format!("its instance is no longer waiting to start: {reason}")).await,
+            Err(StoreError::NotFound(what)) => return consumed(shared, command, &format!("{what} not found")).await,
+            Err(error) => return Err(error),
+        },
         None => {
-            let def = shared
-                .store
-                .workflow_by_id(spec.workflow_id, spec.workflow_version)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("workflow {}", spec.workflow_id)))?;
-            let mut params = def.params.clone();
-            params.extend(spec.params.clone());
+            let Some(def) = shared.store.workflow_by_id(run.workflow_id, run.workflow_version).await? else {
+                return consumed(shared, command, &format!("workflow {} is gone", run.workflow_id)).await;
+            };
             let new = NewWorkflowInstance {
                 workflow_id: def.id,
                 workflow_version: def.version,
-                command_kind: spec.kind,
-                params: spec.params.clone(),
-                priority: spec.priority.unwrap_or(def.priority),
-                worker_group: spec.worker_group.clone().unwrap_or_else(|| def.worker_group.clone()),
-                failure_strategy: spec.failure_strategy.unwrap_or(def.failure_strategy),
-                schedule_time: spec.schedule_time,
+                command_kind: CommandKind::Start,
+                params: run.params.clone(),
+                priority: run.priority.unwrap_or(def.priority),
+                worker_group: run.worker_group.clone().unwrap_or_else(|| def.worker_group.clone()),
+                failure_strategy: run.failure_strategy.unwrap_or(def.failure_strategy),
+                schedule_time: run.schedule_time,
                 owner: Some(shared.addr.clone()),
-                start_tasks: spec.start_tasks.clone(),
-                scope: spec.scope,
+                start_tasks: run.start_tasks.clone(),
+                scope: run.scope,
             };
             shared.store.create_instance_for_command(command.id, &new).await?
         }
     };
-    if instance.state.is_final() {
-        tracing::warn!(workflow_instance = %instance.id, state = %instance.state, "start command for a finished instance ignored");
-        return Ok(());
-    }
     tracing::info!(workflow_instance = %instance.id, workflow = %instance.workflow_name, "workflow instance started");
     driver::spawn(shared.clone(), instance);
-    Ok(())
-}
-
-/// A stop for an instance nobody drives: one still waiting to start is
-/// stopped at once; one already over stays as it is.
-async fn stop_idle(shared: &Arc<Shared>, command: &Command, target: WorkflowInstanceId) -> Result<(), StoreError> {
-    let instance = shared.store.adopt_instance_for_command(command.id, target, &shared.addr).await?;
-    if let Ok(next) = instance.state.transition(WorkflowEvent::Stop) {
-        if next == WorkflowState::Stopped {
-            let now = chrono::Utc::now();
-            shared
-                .store
-                .update_workflow_instance(instance.fence(), &WorkflowUpdate { state: Some(next), end_time: Some(Some(now)), ..Default::default() })
-                .await?;
-            tracing::info!(workflow_instance = %target, "stopped before it started");
-        }
-    }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sluice_domain::{MisfirePolicy, NewCommand, Schedule, ScheduleId, Trigger};
+use sluice_domain::{MisfirePolicy, NewCommand, Schedule, ScheduleId, StartRun, Trigger};
 use sluice_params::cron::{due, Cron, Misfire, Timing};
 use sluice_registry::paths;
 
@@ -181,10 +181,7 @@ async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)], pu
     let commands: Vec<NewCommand> = fires
         .iter()
         .map(|(schedule, at)| {
-            let mut command = NewCommand::start(schedule.workflow_id);
-            command.schedule_id = Some(schedule.id);
-            command.schedule_time = Some(*at);
-            command
+            NewCommand::Start(StartRun { schedule_id: Some(schedule.id), schedule_time: Some(*at), ..StartRun::of(schedule.workflow_id) })
         })
         .collect();
     match shared.store.insert_scheduled_commands(&commands, publish_at).await {

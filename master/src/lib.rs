@@ -7,8 +7,11 @@ mod commands;
 mod cron;
 mod driver;
 mod failover;
+mod listings;
 mod retention;
+mod retry;
 mod rpc;
+mod run;
 mod workers;
 
 use std::collections::HashMap;
@@ -23,7 +26,8 @@ use sluice_proto::v1::master_service_server::MasterServiceServer;
 use sluice_registry::{paths, Heartbeat, Registry};
 use sluice_runtime::{CancellationToken, Role, RoleError};
 use sluice_logs::LogStore;
-use sluice_storage::Store;
+use sluice_storage::{Store, StoreError};
+use sluice_tasks::TaskPlugins;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -48,6 +52,24 @@ pub(crate) struct Shared {
     pub failovers: Mutex<std::collections::HashSet<String>>,
     /// The task log store and how long its logs are kept, if they expire.
     pub log_retention: Option<(Arc<dyn LogStore>, std::time::Duration)>,
+    /// Where the master writes the logs of tasks that end without running.
+    pub log_store: Option<Arc<dyn LogStore>>,
+    /// The task types, for where each runs.
+    pub plugins: TaskPlugins,
+    /// Queue listings shared by the drivers' watchdogs.
+    pub queue_listings: listings::QueueListings,
+}
+
+/// What resolving a task's parameters needs to know about its run: the
+/// project (`None` if it is gone), the schedule's zone, this master.
+pub(crate) async fn run_context(shared: &Shared, instance: &sluice_domain::WorkflowInstance) -> Result<Option<run::RunContext>, StoreError> {
+    use sluice_domain::{Schedule, Trigger};
+    let Some(project) = shared.store.project_by_id(instance.project_id).await? else { return Ok(None) };
+    let timezone = match shared.store.schedule(instance.workflow_id).await? {
+        Some(Schedule { trigger: Trigger::Cron { timezone, .. }, .. }) => sluice_params::timezone(&timezone).unwrap_or(sluice_params::Tz::UTC),
+        _ => sluice_params::Tz::UTC,
+    };
+    Ok(Some(run::RunContext { project: project.name, project_params: project.params, timezone, master: shared.addr.clone() }))
 }
 
 impl Shared {
@@ -67,11 +89,37 @@ pub struct Master {
     tasks: Vec<JoinHandle<()>>,
     bound: Option<SocketAddr>,
     log_retention: Option<(Arc<dyn LogStore>, std::time::Duration)>,
+    log_store: Option<Arc<dyn LogStore>>,
+    plugins: TaskPlugins,
 }
 
 impl Master {
     pub fn new(config: MasterConfig, store: Arc<dyn Store>, registry: Arc<dyn Registry>) -> Self {
-        Master { config, store, registry, shared: None, heartbeat: None, tasks: Vec::new(), bound: None, log_retention: None }
+        Master {
+            config,
+            store,
+            registry,
+            shared: None,
+            heartbeat: None,
+            tasks: Vec::new(),
+            bound: None,
+            log_retention: None,
+            log_store: None,
+            plugins: TaskPlugins::builtin(),
+        }
+    }
+
+    /// Writes the logs of tasks that end without running (a skip, a kill
+    /// before start, parameters that cannot be resolved) to `store`.
+    pub fn with_log_store(mut self, store: Arc<dyn LogStore>) -> Self {
+        self.log_store = Some(store);
+        self
+    }
+
+    /// The task types this master knows (where each runs).
+    pub fn with_plugins(mut self, plugins: TaskPlugins) -> Self {
+        self.plugins = plugins;
+        self
     }
 
     /// Deletes task logs older than `retention` from `store` (one master
@@ -94,6 +142,13 @@ impl Master {
     /// Whether this master fires the schedules (holds `locks/cron`).
     pub fn is_cron_leader(&self) -> bool {
         self.shared.as_ref().is_some_and(|s| s.cron_leader.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// How many queue listings this master's watchdogs took from the
+    /// registry so far (each group at most once a tick, however many tasks
+    /// wait in it).
+    pub fn queue_listings_taken(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |s| s.queue_listings.taken())
     }
 
     /// Workflow instances driven right now.
@@ -127,6 +182,9 @@ impl Role for Master {
             cron_leader: std::sync::atomic::AtomicBool::new(false),
             failovers: Mutex::new(std::collections::HashSet::new()),
             log_retention: self.log_retention.clone(),
+            log_store: self.log_store.clone(),
+            plugins: self.plugins.clone(),
+            queue_listings: listings::QueueListings::default(),
         });
 
         let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));

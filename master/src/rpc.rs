@@ -2,14 +2,44 @@
 
 use std::sync::Arc;
 
+use chrono::{TimeZone, Utc};
 use sluice_domain::{TaskInstanceId, WorkflowInstanceId};
 use sluice_proto::v1::master_service_server::MasterService;
-use sluice_proto::v1::{AttemptRef, CheckAttemptsReply, CheckAttemptsRequest, TaskEventReply, TaskEventRequest};
+use sluice_proto::v1::task_event_request::Event;
+use sluice_proto::v1::{AttemptRef, CheckAttemptsReply, CheckAttemptsRequest, TaskEventReply, TaskEventRequest, TaskOutcome};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::driver::DriverMsg;
+use crate::run::{Finished, Outcome, Report, TaskReport};
 use crate::Shared;
+
+/// A worker's event as the run machine reads it: decoded once, here.
+/// `None` for an event without content (a newer worker's kind).
+fn report_of(event: TaskEventRequest) -> Option<TaskReport> {
+    let report = match event.event? {
+        Event::Running(running) => Report::Running { pid: running.pid, log_path: running.log_path },
+        Event::Finished(finished) => Report::Finished(Finished {
+            outcome: match TaskOutcome::try_from(finished.outcome) {
+                Ok(TaskOutcome::Success) => Outcome::Success,
+                Ok(TaskOutcome::Killed) => Outcome::Killed,
+                _ => Outcome::Failure,
+            },
+            exit_code: finished.exit_code,
+            reason: finished.reason,
+            outputs: finished.outputs.into_iter().collect(),
+        }),
+        Event::TimeoutWarning(warning) => Report::TimeoutWarning { timeout_ms: warning.timeout_ms },
+        Event::ExternalId(external) => Report::ExternalId(external.id),
+    };
+    Some(TaskReport {
+        task_instance_id: TaskInstanceId(event.task_instance_id),
+        attempt: event.attempt,
+        worker: event.worker,
+        at: Utc.timestamp_millis_opt(event.event_time_ms).single().unwrap_or_else(Utc::now),
+        report,
+    })
+}
 
 pub(crate) struct MasterRpc {
     shared: Arc<Shared>,
@@ -64,13 +94,14 @@ impl MasterService for MasterRpc {
     async fn check_attempts(&self, request: Request<CheckAttemptsRequest>) -> Result<Response<CheckAttemptsReply>, Status> {
         let mut stale = Vec::new();
         for attempt in request.into_inner().attempts {
-            let task = self
-                .shared
-                .store
-                .task_instance(TaskInstanceId(attempt.task_instance_id))
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let current = task.is_some_and(|t| t.attempt == attempt.attempt && !t.state.is_final());
+            let store = &self.shared.store;
+            let task = store.task_instance(TaskInstanceId(attempt.task_instance_id)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut current = task.as_ref().is_some_and(|t| t.attempt == attempt.attempt && !t.state.is_final());
+            if let Some(task) = task.filter(|_| current) {
+                // An attempt of an instance that is over runs for nothing.
+                let instance = store.workflow_instance(task.workflow_instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                current = instance.is_some_and(|i| !i.state.is_final());
+            }
             if !current {
                 stale.push(AttemptRef { task_instance_id: attempt.task_instance_id, attempt: attempt.attempt });
             }
@@ -85,7 +116,10 @@ impl MasterService for MasterRpc {
             Some(driver) => {
                 let (ack, acked) = oneshot::channel();
                 let copy = event.clone();
-                if driver.send(DriverMsg::Event { event, ack }).is_err() {
+                let Some(report) = report_of(event) else {
+                    return Ok(Response::new(TaskEventReply { accepted: true, reason: "empty event ignored".into(), owner: String::new() }));
+                };
+                if driver.send(DriverMsg::Report { report, ack }).is_err() {
                     self.event_for_undriven(&copy).await?
                 } else {
                     match acked.await {

@@ -190,6 +190,7 @@ fn kind(event: &TaskEventRequest) -> &'static str {
         Some(Event::Running(_)) => "running",
         Some(Event::Finished(_)) => "finished",
         Some(Event::TimeoutWarning(_)) => "timeout_warning",
+        Some(Event::ExternalId(_)) => "external_id",
         None => "none",
     }
 }

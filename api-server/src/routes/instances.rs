@@ -29,11 +29,6 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(force_success_task))
 }
 
-/// Commands that bring an instance at rest back to life. Until a master
-/// takes one, the instance still shows its old state, so a second such
-/// command would pass the state check and then be dropped by the master.
-const RESTARTS: &[CommandKind] = &[CommandKind::Rerun, CommandKind::RecoverFailure, CommandKind::Resume, CommandKind::ForceSuccess];
-
 /// Ids in paths are read into named fields, so a bad one is reported as
 /// `field: "id"`.
 #[derive(Deserialize)]
@@ -54,35 +49,34 @@ impl AppState {
         Ok(self.store.project_by_id(id).await?.map(|p| p.name).unwrap_or_default())
     }
 
-    /// Queues `kind` for the master driving `instance`.
-    async fn instance_command(&self, instance: &WorkflowInstance, kind: CommandKind, tasks: Vec<String>) -> ApiResult<CommandId> {
-        let command =
-            NewCommand { kind, workflow_instance_id: Some(instance.id), start_tasks: tasks, ..NewCommand::start(instance.workflow_id) };
-        let id = self.store.insert_command(&command).await?;
+    /// Queues `command` for the master driving its instance. A restart
+    /// while another waits is refused by the database (409): until a
+    /// master takes the first, the instance still shows its old state, and
+    /// a check here would race the other request.
+    async fn instance_command(&self, instance: &WorkflowInstance, command: NewCommand) -> ApiResult<CommandId> {
+        let id = self.store.insert_command(&command).await.map_err(|error| match error {
+            sluice_storage::StoreError::Conflict(_) if command.is_restart() => ApiError::conflict(format!(
+                "workflow instance {} already has a restart queued; it stays {} until a master takes it",
+                instance.id, instance.state
+            )),
+            other => other.into(),
+        })?;
         self.commands.send();
         Ok(id)
     }
 
-    /// 409 when a restart of `instance` is already queued and no master
-    /// has taken it yet.
-    async fn no_restart_queued(&self, instance: &WorkflowInstance) -> ApiResult<()> {
-        let queued = self.store.unclaimed_commands().await?;
-        match queued.iter().find(|c| c.spec.workflow_instance_id == Some(instance.id) && RESTARTS.contains(&c.spec.kind)) {
-            Some(command) => Err(ApiError::conflict(format!(
-                "workflow instance {} already has a {} queued (command {}); it stays {} until a master takes it",
-                instance.id, command.spec.kind, command.id, instance.state
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// Rerun, recover, resume: checked against the transition table and
-    /// the queue, then queued.
+    /// Rerun, recover, resume: checked against the transition table, then
+    /// queued.
     async fn restart(&self, id: i64, kind: CommandKind, event: WorkflowEvent, verb: &str) -> ApiResult<(StatusCode, Json<RequestAccepted>)> {
         let instance = self.instance(WorkflowInstanceId(id)).await?;
         check_instance_event(&instance, event, verb)?;
-        self.no_restart_queued(&instance).await?;
-        let command = self.instance_command(&instance, kind, Vec::new()).await?;
+        let target = InstanceTarget::of(&instance);
+        let command = match kind {
+            CommandKind::Rerun => NewCommand::Rerun(target),
+            CommandKind::Resume => NewCommand::Resume(target),
+            _ => NewCommand::Recover { target, force_success: Vec::new() },
+        };
+        let command = self.instance_command(&instance, command).await?;
         tracing::info!(workflow_instance = %instance.id, %command, %kind, "run command requested");
         // Resume goes on with the same run; rerun and recover start the next.
         let run = (kind != CommandKind::Resume).then_some(instance.run + 1);
@@ -176,7 +170,7 @@ async fn stop_instance(
     if instance.state.is_final() {
         return Err(ApiError::conflict(format!("workflow instance {id} is already over ({})", instance.state)));
     }
-    let command = state.instance_command(&instance, CommandKind::Stop, Vec::new()).await?;
+    let command = state.instance_command(&instance, NewCommand::Stop(InstanceTarget::of(&instance))).await?;
     tracing::info!(workflow_instance = %instance.id, %command, "stop requested");
     Ok((StatusCode::ACCEPTED, Json(RequestAccepted { workflow_instance_id: id, command_id: command.get(), run: None })))
 }
@@ -243,7 +237,7 @@ async fn pause_instance(
 ) -> ApiResult<(StatusCode, Json<RequestAccepted>)> {
     let instance = state.instance(WorkflowInstanceId(id)).await?;
     check_instance_event(&instance, WorkflowEvent::Pause, "pause")?;
-    let command = state.instance_command(&instance, CommandKind::Pause, Vec::new()).await?;
+    let command = state.instance_command(&instance, NewCommand::Pause(InstanceTarget::of(&instance))).await?;
     tracing::info!(workflow_instance = %instance.id, %command, "pause requested");
     Ok((StatusCode::ACCEPTED, Json(RequestAccepted { workflow_instance_id: id, command_id: command.get(), run: None })))
 }
@@ -311,15 +305,16 @@ async fn kill_task(
             instance.id, instance.state
         )));
     }
-    let command = state.instance_command(&instance, CommandKind::KillTask, vec![task.name.clone()]).await?;
+    let command = state.instance_command(&instance, NewCommand::KillTask { target: InstanceTarget::of(&instance), tasks: vec![task.name.clone()] }).await?;
     tracing::info!(workflow_instance = %instance.id, task_instance = %task.id, task = %task.name, %command, "kill requested");
     Ok((StatusCode::ACCEPTED, Json(RequestAccepted { workflow_instance_id: instance.id.get(), command_id: command.get(), run: None })))
 }
 
 /// Mark a failed or killed task instance successful so that its
-/// downstream tasks run: at once in a running instance; in a failed or
-/// stopped one, the instance is restarted (its `run` goes up by one) and
-/// runs what is downstream of the task, and any other failed task again.
+/// downstream tasks run: at once in a running instance; a failed or
+/// stopped one is recovered with the task forced (its `run` goes up by
+/// one): the task stays `forced_success`, what is downstream of it runs,
+/// and so do the other failed or killed tasks and what is below them.
 #[utoipa::path(
     post,
     path = "/task-instances/{id}/force-success",
@@ -339,10 +334,12 @@ async fn force_success_task(
     let task = state.task_instance(TaskInstanceId(id)).await?;
     let instance = state.instance(task.workflow_instance_id).await?;
     let route = check_force_success(&task, &instance)?;
-    if route == ForceSuccessRoute::Restart {
-        state.no_restart_queued(&instance).await?;
-    }
-    let command = state.instance_command(&instance, CommandKind::ForceSuccess, vec![task.name.clone()]).await?;
+    let (target, tasks) = (InstanceTarget::of(&instance), vec![task.name.clone()]);
+    let command = match route {
+        ForceSuccessRoute::Driver => NewCommand::ForceSuccess { target, tasks },
+        ForceSuccessRoute::Restart => NewCommand::Recover { target, force_success: tasks },
+    };
+    let command = state.instance_command(&instance, command).await?;
     tracing::info!(workflow_instance = %instance.id, task_instance = %task.id, task = %task.name, %command, ?route, "force-success requested");
     let run = (route == ForceSuccessRoute::Restart).then_some(instance.run + 1);
     Ok((StatusCode::ACCEPTED, Json(RequestAccepted { workflow_instance_id: instance.id.get(), command_id: command.get(), run })))

@@ -25,6 +25,29 @@ pub enum DagError {
     Cycle(Vec<String>),
     #[error("unknown task `{0}`")]
     UnknownTask(String),
+    #[error("task `{to}` does not depend on `{from}`: no edge to put a condition on")]
+    NoEdge { from: String, to: String },
+}
+
+/// When an edge lets its downstream task run. Plain dependencies are
+/// `Always`; the edges out of a conditions or switch task carry the branch
+/// they belong to, and are taken only if the task chose that branch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum EdgeCondition {
+    #[default]
+    Always,
+    Branch(String),
+}
+
+impl EdgeCondition {
+    /// Whether the edge is taken, given the branches its upstream task
+    /// chose (`None`: it chose none in particular, every edge is taken).
+    pub fn taken(&self, branches: Option<&[String]>) -> bool {
+        match (self, branches) {
+            (EdgeCondition::Always, _) | (EdgeCondition::Branch(_), None) => true,
+            (EdgeCondition::Branch(branch), Some(chosen)) => chosen.iter().any(|c| c == branch),
+        }
+    }
 }
 
 fn quoted(names: &[String]) -> String {
@@ -37,7 +60,7 @@ fn quoted(names: &[String]) -> String {
 pub struct Dag {
     names: Vec<String>,
     index: BTreeMap<String, TaskNode>,
-    graph: DiGraph<(), ()>,
+    graph: DiGraph<(), EdgeCondition>,
     topo: Vec<TaskNode>,
 }
 
@@ -78,7 +101,7 @@ impl Dag {
                 };
                 // Listing the same dependency twice is harmless: one edge.
                 if graph.find_edge(NodeIndex::new(from), NodeIndex::new(i)).is_none() {
-                    graph.add_edge(NodeIndex::new(from), NodeIndex::new(i), ());
+                    graph.add_edge(NodeIndex::new(from), NodeIndex::new(i), EdgeCondition::Always);
                 }
             }
         }
@@ -140,6 +163,24 @@ impl Dag {
         self.neighbors(node, Direction::Outgoing)
     }
 
+    /// Puts `condition` on the edge `from` → `to`, which must exist.
+    pub fn set_condition(&mut self, from: &str, to: &str, condition: EdgeCondition) -> Result<(), DagError> {
+        let no_edge = || DagError::NoEdge { from: from.to_owned(), to: to.to_owned() };
+        let (a, b) = (self.node(from).ok_or_else(no_edge)?, self.node(to).ok_or_else(no_edge)?);
+        let edge = self.graph.find_edge(NodeIndex::new(a), NodeIndex::new(b)).ok_or_else(no_edge)?;
+        self.graph[edge] = condition;
+        Ok(())
+    }
+
+    /// The condition on the edge `from` → `to` (`Always` if there is none).
+    pub fn condition(&self, from: TaskNode, to: TaskNode) -> &EdgeCondition {
+        static ALWAYS: EdgeCondition = EdgeCondition::Always;
+        match self.graph.find_edge(NodeIndex::new(from), NodeIndex::new(to)) {
+            Some(edge) => &self.graph[edge],
+            None => &ALWAYS,
+        }
+    }
+
     fn neighbors(&self, node: TaskNode, dir: Direction) -> Vec<TaskNode> {
         let mut out: Vec<TaskNode> = self
             .graph
@@ -196,6 +237,23 @@ mod tests {
     }
 
     const DIAMOND: &[(&str, &[&str])] = &[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])];
+
+    #[test]
+    fn edges_carry_conditions() {
+        let mut d = dag(DIAMOND).unwrap();
+        let (a, b, c) = (d.node("a").unwrap(), d.node("b").unwrap(), d.node("c").unwrap());
+        assert_eq!(d.condition(a, b), &EdgeCondition::Always);
+        d.set_condition("a", "b", EdgeCondition::Branch("yes".into())).unwrap();
+        assert_eq!(d.condition(a, b), &EdgeCondition::Branch("yes".into()));
+        assert_eq!(d.condition(a, c), &EdgeCondition::Always);
+        let err = d.set_condition("b", "c", EdgeCondition::Always).unwrap_err();
+        assert_eq!(err.to_string(), "task `c` does not depend on `b`: no edge to put a condition on");
+        let yes = EdgeCondition::Branch("yes".into());
+        assert!(yes.taken(None), "no choice made: every edge is taken");
+        assert!(yes.taken(Some(&["no".into(), "yes".into()])));
+        assert!(!yes.taken(Some(&["no".into()])));
+        assert!(EdgeCondition::Always.taken(Some(&[])));
+    }
 
     #[test]
     fn diamond_structure() {

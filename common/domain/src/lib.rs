@@ -11,7 +11,7 @@ pub mod plan;
 pub mod queue;
 pub mod state;
 
-pub use dag::{Dag, DagError, TaskNode};
+pub use dag::{Dag, DagError, EdgeCondition, TaskNode};
 pub use dispatch::TaskDispatch;
 pub use heartbeat::{MasterHeartbeat, WorkerHeartbeat};
 pub use ids::*;

@@ -185,13 +185,6 @@ wire_enum!(
     }
 );
 
-impl CommandKind {
-    /// Whether the command creates (or restarts) a workflow instance, as
-    /// opposed to acting on one that is running.
-    pub fn starts_a_run(self) -> bool {
-        !matches!(self, CommandKind::Pause | CommandKind::Stop | CommandKind::KillTask | CommandKind::ForceSuccess)
-    }
-}
 
 /// A name that is not acceptable for a project, workflow, task or group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -578,19 +571,20 @@ pub struct ScheduleSpec {
 // ---------------------------------------------------------------------------
 // Commands and runs
 
-/// A request to do something to a workflow, consumed by exactly one master.
+/// Run settings of a `start` command: a new run of a workflow (manual,
+/// scheduled or a backfill's), or the start of one the API pre-created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewCommand {
-    pub kind: CommandKind,
+pub struct StartRun {
     pub workflow_id: WorkflowId,
     /// The definition version to run; `None` means the latest.
     pub workflow_version: Option<u32>,
-    /// Set for commands acting on an existing (or pre-created) instance.
+    /// The instance the API (or a backfill) created with the command.
     pub workflow_instance_id: Option<WorkflowInstanceId>,
     pub params: Params,
     pub priority: Option<Priority>,
     pub worker_group: Option<WorkerGroup>,
     pub failure_strategy: Option<FailureStrategy>,
+    /// Run only these tasks (with `scope`); empty means every task.
     pub start_tasks: Vec<String>,
     pub scope: Option<RunScope>,
     pub schedule_id: Option<ScheduleId>,
@@ -598,11 +592,10 @@ pub struct NewCommand {
     pub schedule_time: Option<Timestamp>,
 }
 
-impl NewCommand {
-    /// A plain `start` of the latest version with no overrides.
-    pub fn start(workflow_id: WorkflowId) -> Self {
-        NewCommand {
-            kind: CommandKind::Start,
+impl StartRun {
+    /// A plain start of the latest version with no overrides.
+    pub fn of(workflow_id: WorkflowId) -> Self {
+        StartRun {
             workflow_id,
             workflow_version: None,
             workflow_instance_id: None,
@@ -615,6 +608,103 @@ impl NewCommand {
             schedule_id: None,
             schedule_time: None,
         }
+    }
+}
+
+/// The instance a command acts on (with its workflow, so that deleting a
+/// workflow can drop the commands nobody took yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstanceTarget {
+    pub workflow_id: WorkflowId,
+    pub workflow_instance_id: WorkflowInstanceId,
+}
+
+impl InstanceTarget {
+    pub fn of(instance: &WorkflowInstance) -> Self {
+        InstanceTarget { workflow_id: instance.workflow_id, workflow_instance_id: instance.id }
+    }
+}
+
+/// A request to do something to a workflow, consumed by exactly one master
+/// in the same transaction as the write that carries out its effect. Each
+/// kind carries what it needs and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NewCommand {
+    Start(StartRun),
+    /// Run every task of a finished instance again (run + 1).
+    Rerun(InstanceTarget),
+    /// Run the failed and killed tasks of a failed or stopped instance and
+    /// everything below them again (run + 1), after marking the tasks in
+    /// `force_success` (failed or killed ones) forced-successful.
+    Recover { target: InstanceTarget, force_success: Vec<String> },
+    /// Go on with a paused instance.
+    Resume(InstanceTarget),
+    /// Let running tasks finish, start nothing new.
+    Pause(InstanceTarget),
+    /// Kill the running tasks, end `stopped`.
+    Stop(InstanceTarget),
+    /// Kill these tasks of a running instance.
+    KillTask { target: InstanceTarget, tasks: Vec<String> },
+    /// Mark these failed or killed tasks of a running instance successful
+    /// so that their downstream runs. (Of an instance at rest: see
+    /// `Recover::force_success`.)
+    ForceSuccess { target: InstanceTarget, tasks: Vec<String> },
+}
+
+impl NewCommand {
+    /// A plain `start` of the latest version with no overrides.
+    pub fn start(workflow_id: WorkflowId) -> Self {
+        NewCommand::Start(StartRun::of(workflow_id))
+    }
+
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            NewCommand::Start(_) => CommandKind::Start,
+            NewCommand::Rerun(_) => CommandKind::Rerun,
+            NewCommand::Recover { .. } => CommandKind::RecoverFailure,
+            NewCommand::Resume(_) => CommandKind::Resume,
+            NewCommand::Pause(_) => CommandKind::Pause,
+            NewCommand::Stop(_) => CommandKind::Stop,
+            NewCommand::KillTask { .. } => CommandKind::KillTask,
+            NewCommand::ForceSuccess { .. } => CommandKind::ForceSuccess,
+        }
+    }
+
+    pub fn workflow_id(&self) -> WorkflowId {
+        match self {
+            NewCommand::Start(start) => start.workflow_id,
+            other => other.target().expect("every other kind has a target").workflow_id,
+        }
+    }
+
+    /// The instance it acts on; for a start, the pre-created one if any.
+    pub fn workflow_instance_id(&self) -> Option<WorkflowInstanceId> {
+        match self {
+            NewCommand::Start(start) => start.workflow_instance_id,
+            other => other.target().map(|t| t.workflow_instance_id),
+        }
+    }
+
+    fn target(&self) -> Option<InstanceTarget> {
+        match self {
+            NewCommand::Start(_) => None,
+            NewCommand::Rerun(t) | NewCommand::Resume(t) | NewCommand::Pause(t) | NewCommand::Stop(t) => Some(*t),
+            NewCommand::Recover { target, .. } | NewCommand::KillTask { target, .. } | NewCommand::ForceSuccess { target, .. } => {
+                Some(*target)
+            }
+        }
+    }
+
+    /// Whether it brings an instance at rest back to life (at most one of
+    /// these may wait per instance: the database refuses a second).
+    pub fn is_restart(&self) -> bool {
+        matches!(self, NewCommand::Rerun(_) | NewCommand::Recover { .. } | NewCommand::Resume(_))
+    }
+
+    /// Whether a live driver of the instance carries it out.
+    pub fn is_for_driver(&self) -> bool {
+        matches!(self, NewCommand::Pause(_) | NewCommand::Stop(_) | NewCommand::KillTask { .. } | NewCommand::ForceSuccess { .. })
     }
 }
 
@@ -702,6 +792,9 @@ pub struct WorkflowInstance {
     pub backfill_id: Option<BackfillId>,
     pub start_time: Option<Timestamp>,
     pub end_time: Option<Timestamp>,
+    /// Why it ended as it did when no task says so (its definition is gone,
+    /// it was stopped before it started).
+    pub reason: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -724,6 +817,18 @@ pub struct NewTaskInstance {
     pub max_retries: u32,
     /// The instance's run (1, then +1 per rerun/recover) it is created in.
     pub run: u32,
+    /// The path from `submitted` to the state it is created in: none, or
+    /// `[Dispatch]` (created and queued at once), or `[Skip]`.
+    pub events: Vec<crate::state::TaskEvent>,
+    /// Why it ended, for one created final (a skip).
+    pub message: Option<String>,
+}
+
+impl NewTaskInstance {
+    /// The state it is created in, through the transition table.
+    pub fn state(&self) -> Result<TaskState, crate::state::InvalidTransition> {
+        TaskState::Submitted.after(&self.events)
+    }
 }
 
 /// One task of one workflow run. Retries and failovers are further
@@ -763,6 +868,15 @@ pub struct TaskInstance {
     /// Retries used in the current run (failover attempts are not retries;
     /// a rerun starts again from zero).
     pub retries: u32,
+    /// An operator asked to kill the current attempt, and why: kept until
+    /// the attempt ends so that a master taking over sends the kill again.
+    pub kill_reason: Option<String>,
+    /// Of a finished task whose outgoing edges carry conditions (conditions,
+    /// switch): the branches it took. `None`: every edge is taken.
+    pub branches: Option<Vec<String>>,
+    /// An id the task's system gave the attempt (a YARN application id),
+    /// which its plugin's kill hook uses.
+    pub external_id: Option<String>,
 }
 
 impl TaskInstance {
@@ -771,11 +885,11 @@ impl TaskInstance {
     }
 }
 
-/// A change to a task instance that a master persists, fenced by the
-/// workflow instance's epoch. `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Fields of a task instance a master changes, fenced by the workflow
+/// instance's epoch. `None` leaves a field as it is. The state is not one of
+/// them: it moves only by [`TaskChange`] events through the transition table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskUpdate {
-    pub state: Option<TaskState>,
     pub attempt: Option<u32>,
     pub failovers: Option<u32>,
     pub host: Option<Option<String>>,
@@ -788,13 +902,15 @@ pub struct TaskUpdate {
     pub message: Option<Option<String>>,
     pub run: Option<u32>,
     pub retries: Option<u32>,
+    pub kill_reason: Option<Option<String>>,
+    pub branches: Option<Option<Vec<String>>>,
+    pub external_id: Option<Option<String>>,
 }
 
 impl TaskUpdate {
     /// This change followed by `later`: a field `later` sets wins.
     pub fn then(self, later: TaskUpdate) -> TaskUpdate {
         TaskUpdate {
-            state: later.state.or(self.state),
             attempt: later.attempt.or(self.attempt),
             failovers: later.failovers.or(self.failovers),
             host: later.host.or(self.host),
@@ -807,19 +923,94 @@ impl TaskUpdate {
             message: later.message.or(self.message),
             run: later.run.or(self.run),
             retries: later.retries.or(self.retries),
+            kill_reason: later.kill_reason.or(self.kill_reason),
+            branches: later.branches.or(self.branches),
+            external_id: later.external_id.or(self.external_id),
         }
+    }
+
+    /// Applies the change to `task` as the store would (`updated_at` aside).
+    pub fn apply_to(&self, task: &mut TaskInstance) {
+        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *field = value.clone();
+            }
+        }
+        set(&mut task.attempt, &self.attempt);
+        set(&mut task.failovers, &self.failovers);
+        set(&mut task.host, &self.host);
+        set(&mut task.exit_code, &self.exit_code);
+        set(&mut task.retry_at, &self.retry_at);
+        set(&mut task.log_path, &self.log_path);
+        set(&mut task.start_time, &self.start_time);
+        set(&mut task.end_time, &self.end_time);
+        set(&mut task.outputs, &self.outputs);
+        set(&mut task.message, &self.message);
+        set(&mut task.run, &self.run);
+        set(&mut task.retries, &self.retries);
+        set(&mut task.kill_reason, &self.kill_reason);
+        set(&mut task.branches, &self.branches);
+        set(&mut task.external_id, &self.external_id);
     }
 }
 
-/// A change to a workflow instance, fenced like [`TaskUpdate`].
+/// A state change of one task instance: the state it is expected to be in
+/// (the store refuses the write if it is not: compare-and-set), the events
+/// that move it, in order, through the transition table (none: fields
+/// only), and the fields that change with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskChange {
+    pub id: TaskInstanceId,
+    pub from: TaskState,
+    pub events: Vec<crate::state::TaskEvent>,
+    pub update: TaskUpdate,
+}
+
+impl TaskChange {
+    pub fn new(task: &TaskInstance, events: Vec<crate::state::TaskEvent>, update: TaskUpdate) -> Self {
+        TaskChange { id: task.id, from: task.state, events, update }
+    }
+
+    /// The state the change leads to, or why the table refuses it.
+    pub fn to(&self) -> Result<TaskState, crate::state::InvalidTransition> {
+        self.from.after(&self.events)
+    }
+
+    /// This change followed by `later` of the same task (a burst's events
+    /// merged into one write).
+    pub fn then(self, later: TaskChange) -> TaskChange {
+        debug_assert_eq!(self.id, later.id);
+        let mut events = self.events;
+        events.extend(later.events);
+        TaskChange { id: self.id, from: self.from, events, update: self.update.then(later.update) }
+    }
+}
+
+/// Fields of a workflow instance a master changes, fenced like
+/// [`TaskUpdate`]; the state moves only by [`WorkflowChange`] events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowUpdate {
-    pub state: Option<WorkflowState>,
     /// What the instance is doing now (a rerun or recover of a finished one).
     pub command_kind: Option<CommandKind>,
     pub run: Option<u32>,
     pub start_time: Option<Option<Timestamp>>,
     pub end_time: Option<Option<Timestamp>>,
+    pub reason: Option<Option<String>>,
+}
+
+/// A state change of a workflow instance, compare-and-set like
+/// [`TaskChange`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowChange {
+    pub from: WorkflowState,
+    pub events: Vec<crate::state::WorkflowEvent>,
+    pub update: WorkflowUpdate,
+}
+
+impl WorkflowChange {
+    pub fn to(&self) -> Result<WorkflowState, crate::state::InvalidTransition> {
+        self.from.after(&self.events)
+    }
 }
 
 wire_enum!(
@@ -884,19 +1075,16 @@ mod tests {
     #[test]
     fn a_later_task_update_wins_where_it_sets_a_field() {
         let started = TaskUpdate {
-            state: Some(TaskState::Running),
             host: Some(Some("w1:5678".into())),
             start_time: Some(Some(Utc::now())),
             ..Default::default()
         };
         let succeeded = TaskUpdate {
-            state: Some(TaskState::Success),
             exit_code: Some(Some(0)),
             host: None,
             ..Default::default()
         };
         let merged = started.clone().then(succeeded);
-        assert_eq!(merged.state, Some(TaskState::Success));
         assert_eq!(merged.host, started.host, "kept: the later change does not set it");
         assert_eq!(merged.start_time, started.start_time);
         assert_eq!(merged.exit_code, Some(Some(0)));
@@ -1002,6 +1190,9 @@ mod tests {
             message: None,
             run: 1,
             retries: 1,
+            kill_reason: None,
+            branches: None,
+            external_id: None,
         };
         assert!(task.can_retry());
         task.retries = 2;

@@ -1,6 +1,7 @@
-//! Pure scheduling decisions of a workflow run: which tasks are ready, and
-//! whether (and how) the run is over. The master's driver applies them; they
-//! are functions over data so they can be tested exhaustively.
+//! Pure scheduling decisions of a workflow run, recomputed from scratch:
+//! which tasks are ready, which are skipped, and whether (and how) the run
+//! is over. The master's run machine keeps the same answers incrementally;
+//! this is the reference model its property tests compare it with.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -17,15 +18,30 @@ pub struct RunView<'a> {
     /// States of the task instances created so far (including those kept
     /// from an earlier run, e.g. successes kept by recover-from-failure).
     pub states: &'a HashMap<TaskNode, TaskState>,
+    /// The branches finished tasks chose (conditions, switch); a task not
+    /// in it chose none in particular: all its edges are taken.
+    pub branches: &'a HashMap<TaskNode, Vec<String>>,
     pub failure_strategy: FailureStrategy,
     /// An operator asked to stop or pause: nothing new may start.
     pub halted: bool,
 }
 
+/// What one incoming edge of a task says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Its upstream has not finished in a way that decides the edge.
+    Pending,
+    /// Its upstream succeeded and the edge is taken (or the upstream is
+    /// outside the run: it counts as done).
+    Live,
+    /// Its upstream was skipped, or chose a branch this edge is not on.
+    Skip,
+}
+
 impl RunView<'_> {
     /// Whether some task failed for good (failed or killed, not forced).
     pub fn has_failure(&self) -> bool {
-        self.states.values().any(|s| matches!(s, TaskState::Failure | TaskState::Killed))
+        self.states.values().any(|s| s.is_failure())
     }
 
     /// Whether a task instance is still in flight (may still change state
@@ -34,29 +50,63 @@ impl RunView<'_> {
         self.states.values().any(|s| !s.is_final())
     }
 
-    /// Selected tasks not created yet whose upstream tasks all succeeded (an
-    /// upstream task outside the selection counts as done). Nothing is ready
-    /// once halted, or after a failure under the `end` strategy.
-    pub fn ready(&self) -> Vec<TaskNode> {
-        if self.halted || (self.failure_strategy == FailureStrategy::End && self.has_failure()) {
-            return Vec::new();
+    /// What the edge `up` → `node` says.
+    pub fn input(&self, up: TaskNode, node: TaskNode) -> Input {
+        if !self.selected.contains(&up) {
+            return Input::Live;
         }
-        self.dag
-            .topological_order()
-            .iter()
-            .copied()
-            .filter(|n| self.selected.contains(n) && !self.states.contains_key(n))
-            .filter(|&n| {
-                self.dag.upstream(n).into_iter().all(|up| {
-                    !self.selected.contains(&up)
-                        || self.states.get(&up).is_some_and(|s| s.is_success())
-                })
-            })
-            .collect()
+        match self.states.get(&up) {
+            Some(TaskState::Skipped) => Input::Skip,
+            Some(s) if s.is_success() => {
+                if self.dag.condition(up, node).taken(self.branches.get(&up).map(Vec::as_slice)) {
+                    Input::Live
+                } else {
+                    Input::Skip
+                }
+            }
+            _ => Input::Pending,
+        }
+    }
+
+    /// Whether new tasks may start (or be skipped): not halted, and no
+    /// failure under the `end` strategy.
+    pub fn may_start(&self) -> bool {
+        !self.halted && !(self.failure_strategy == FailureStrategy::End && self.has_failure())
+    }
+
+    /// Selected tasks not created yet whose inputs are all decided, split
+    /// into those to run (no upstream, or at least one live input) and those
+    /// to skip (every input skipped), each in topological order.
+    pub fn next(&self) -> (Vec<TaskNode>, Vec<TaskNode>) {
+        let (mut run, mut skip) = (Vec::new(), Vec::new());
+        if !self.may_start() {
+            return (run, skip);
+        }
+        for &n in self.dag.topological_order() {
+            if !self.selected.contains(&n) || self.states.contains_key(&n) {
+                continue;
+            }
+            let inputs: Vec<Input> = self.dag.upstream(n).into_iter().map(|up| self.input(up, n)).collect();
+            if inputs.contains(&Input::Pending) {
+                continue;
+            }
+            if !inputs.is_empty() && inputs.iter().all(|i| *i == Input::Skip) {
+                skip.push(n);
+            } else {
+                run.push(n);
+            }
+        }
+        (run, skip)
+    }
+
+    /// The tasks to run now ([`RunView::next`]'s first half).
+    pub fn ready(&self) -> Vec<TaskNode> {
+        self.next().0
     }
 
     /// The run's final state once nothing is in flight and nothing more can
-    /// start; `None` while it goes on. A stop wins over the task outcome.
+    /// start or be skipped; `None` while it goes on. A stop wins over the
+    /// task outcome; skipped tasks count as done.
     pub fn outcome(&self, stopping: bool) -> Option<WorkflowState> {
         if self.has_active() {
             return None;
@@ -64,14 +114,14 @@ impl RunView<'_> {
         if stopping {
             return Some(WorkflowState::Stopped);
         }
-        if !self.halted && !self.ready().is_empty() {
-            return None;
+        if !self.halted {
+            let (run, skip) = self.next();
+            if !run.is_empty() || !skip.is_empty() {
+                return None;
+            }
         }
-        let all_succeeded = self
-            .selected
-            .iter()
-            .all(|n| self.states.get(n).is_some_and(|s| s.is_success()));
-        Some(if all_succeeded { WorkflowState::Success } else { WorkflowState::Failure })
+        let all_done = self.selected.iter().all(|n| self.states.get(n).is_some_and(|s| s.satisfies()));
+        Some(if all_done { WorkflowState::Success } else { WorkflowState::Failure })
     }
 }
 
@@ -105,7 +155,12 @@ mod tests {
     }
 
     fn view<'a>(dag: &'a Dag, selected: &'a BTreeSet<TaskNode>, states: &'a HashMap<TaskNode, TaskState>, fs: FailureStrategy) -> RunView<'a> {
-        RunView { dag, selected, states, failure_strategy: fs, halted: false }
+        RunView { dag, selected, states, branches: no_branches(), failure_strategy: fs, halted: false }
+    }
+
+    fn no_branches() -> &'static HashMap<TaskNode, Vec<String>> {
+        static NONE: std::sync::OnceLock<HashMap<TaskNode, Vec<String>>> = std::sync::OnceLock::new();
+        NONE.get_or_init(HashMap::new)
     }
 
     #[test]
@@ -162,6 +217,29 @@ mod tests {
     }
 
     #[test]
+    fn a_branch_not_taken_is_skipped_down_to_where_it_joins() {
+        // sw → yes → y2; sw → no; yes + no → join
+        let mut dag = Dag::build([("sw", vec![]), ("yes", vec!["sw"]), ("y2", vec!["yes"]), ("no", vec!["sw"]), ("join", vec!["yes", "no"])]).unwrap();
+        dag.set_condition("sw", "yes", crate::dag::EdgeCondition::Branch("yes".into())).unwrap();
+        dag.set_condition("sw", "no", crate::dag::EdgeCondition::Branch("no".into())).unwrap();
+        let all: BTreeSet<TaskNode> = (0..dag.len()).collect();
+        let branches: HashMap<TaskNode, Vec<String>> = [(dag.node("sw").unwrap(), vec!["no".to_string()])].into();
+        let mut st = states(&dag, &[("sw", TaskState::Success)]);
+        let v = RunView { branches: &branches, ..view(&dag, &all, &st, FailureStrategy::End) };
+        let (run, skip) = v.next();
+        assert_eq!((names(&dag, run), names(&dag, skip)), (vec!["no"], vec!["yes"]));
+        st.insert(dag.node("yes").unwrap(), TaskState::Skipped);
+        st.insert(dag.node("no").unwrap(), TaskState::Success);
+        let v = RunView { branches: &branches, ..view(&dag, &all, &st, FailureStrategy::End) };
+        let (run, skip) = v.next();
+        assert_eq!((names(&dag, run), names(&dag, skip)), (vec!["join"], vec!["y2"]), "all inputs skipped: skip; one live: run");
+        st.insert(dag.node("y2").unwrap(), TaskState::Skipped);
+        st.insert(dag.node("join").unwrap(), TaskState::Success);
+        let v = RunView { branches: &branches, ..view(&dag, &all, &st, FailureStrategy::End) };
+        assert_eq!(v.outcome(false), Some(WorkflowState::Success), "a run whose branches were skipped succeeds");
+    }
+
+    #[test]
     fn stop_and_pause_halt_new_work() {
         let dag = two_branches();
         let all: BTreeSet<TaskNode> = (0..dag.len()).collect();
@@ -195,7 +273,7 @@ mod tests {
             let mut st: HashMap<TaskNode, TaskState> = HashMap::new();
             let mut rounds = 0;
             let outcome = loop {
-                let v = RunView { dag: &dag, selected: &all, states: &st, failure_strategy: fs, halted: false };
+                let v = RunView { dag: &dag, selected: &all, states: &st, branches: no_branches(), failure_strategy: fs, halted: false };
                 if let Some(o) = v.outcome(false) { break o; }
                 let ready = v.ready();
                 prop_assert!(!ready.is_empty(), "stuck: nothing active, nothing ready, no outcome");

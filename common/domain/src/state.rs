@@ -32,7 +32,8 @@ wire_enum!(
 );
 
 /// What can happen to a workflow instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WorkflowEvent {
     /// A master starts driving it.
     Start,
@@ -89,6 +90,11 @@ impl WorkflowState {
         matches!(self, WorkflowState::Success | WorkflowState::Failure | WorkflowState::Stopped)
     }
 
+    /// The state after `events`, in order, each through [`Self::transition`].
+    pub fn after(self, events: &[WorkflowEvent]) -> Result<WorkflowState, InvalidTransition> {
+        events.iter().try_fold(self, |state, event| state.transition(*event))
+    }
+
     /// The one transition table of workflow instances.
     pub fn transition(self, event: WorkflowEvent) -> Result<WorkflowState, InvalidTransition> {
         use WorkflowEvent as E;
@@ -138,11 +144,16 @@ wire_enum!(
         NeedFailover = "need_failover",
         /// Failed or killed, then marked successful by an operator.
         ForcedSuccess = "forced_success",
+        /// Done without running: on a branch a conditions or switch task did
+        /// not take, or below tasks that were all skipped. Downstream tasks
+        /// treat it as satisfied.
+        Skipped = "skipped",
     }
 );
 
 /// What can happen to a task instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskEvent {
     /// Put in the queue of its worker group.
     Dispatch,
@@ -168,6 +179,8 @@ pub enum TaskEvent {
     ForceSuccess,
     /// Operator: run it again (rerun, recover, start-from).
     Rerun,
+    /// Its inputs were all skipped: it is done without running.
+    Skip,
 }
 
 impl fmt::Display for TaskEvent {
@@ -190,6 +203,7 @@ impl TaskEvent {
         TaskEvent::Redispatch,
         TaskEvent::ForceSuccess,
         TaskEvent::Rerun,
+        TaskEvent::Skip,
     ];
 }
 
@@ -197,18 +211,40 @@ impl TaskState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            TaskState::Success | TaskState::Failure | TaskState::Killed | TaskState::ForcedSuccess
+            TaskState::Success
+                | TaskState::Failure
+                | TaskState::Killed
+                | TaskState::ForcedSuccess
+                | TaskState::Skipped
         )
     }
 
-    /// Final and counts as success for the tasks downstream.
+    /// Ran successfully, or was forced to by an operator: its outputs (if
+    /// any) flow downstream.
     pub fn is_success(self) -> bool {
         matches!(self, TaskState::Success | TaskState::ForcedSuccess)
+    }
+
+    /// Final in a way that lets the run go on: a success, a forced success
+    /// or a skip. A run whose selected tasks all satisfy ends `success`.
+    pub fn satisfies(self) -> bool {
+        self.is_success() || self == TaskState::Skipped
+    }
+
+    /// Failed for good: failed or killed, not forced to success.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TaskState::Failure | TaskState::Killed)
     }
 
     /// Occupies (or is about to occupy) a worker slot.
     pub fn is_active(self) -> bool {
         matches!(self, TaskState::Dispatched | TaskState::Running)
+    }
+
+    /// The state after `events`, in order, each through [`Self::transition`]
+    /// (a worker's `running` and `succeeded` merged into one write).
+    pub fn after(self, events: &[TaskEvent]) -> Result<TaskState, InvalidTransition> {
+        events.iter().try_fold(self, |state, event| state.transition(*event))
     }
 
     /// The one transition table of task instances.
@@ -234,7 +270,10 @@ impl TaskState {
             (S::Dispatched | S::Running, E::WorkerLost) => S::NeedFailover,
             (S::NeedFailover, E::Redispatch) => S::Submitted,
             (S::Failure | S::Killed, E::ForceSuccess) => S::ForcedSuccess,
-            (S::Success | S::Failure | S::Killed | S::ForcedSuccess, E::Rerun) => S::Submitted,
+            (S::Success | S::Failure | S::Killed | S::ForcedSuccess | S::Skipped, E::Rerun) => {
+                S::Submitted
+            }
+            (S::Submitted, E::Skip) => S::Skipped,
             (state, event) => {
                 return Err(InvalidTransition {
                     machine: "task instance",
@@ -244,6 +283,47 @@ impl TaskState {
             }
         };
         Ok(next)
+    }
+}
+
+/// The shortest path of events from `from` to `to` through a transition
+/// table, if there is one: how tests and tools set a row to a state the
+/// way the engine would get it there.
+fn shortest_path<S, E>(from: S, to: S, events: &[E], transition: impl Fn(S, E) -> Result<S, InvalidTransition>) -> Option<Vec<E>>
+where
+    S: Copy + Eq + std::hash::Hash,
+    E: Copy,
+{
+    let mut seen = std::collections::HashSet::from([from]);
+    let mut frontier = std::collections::VecDeque::from([(from, Vec::new())]);
+    while let Some((state, path)) = frontier.pop_front() {
+        if state == to {
+            return Some(path);
+        }
+        for &event in events {
+            if let Ok(next) = transition(state, event) {
+                if seen.insert(next) {
+                    let mut longer = path.clone();
+                    longer.push(event);
+                    frontier.push_back((next, longer));
+                }
+            }
+        }
+    }
+    None
+}
+
+impl WorkflowState {
+    /// The shortest path of events from `self` to `to`, if any.
+    pub fn path_to(self, to: WorkflowState) -> Option<Vec<WorkflowEvent>> {
+        shortest_path(self, to, WorkflowEvent::ALL, WorkflowState::transition)
+    }
+}
+
+impl TaskState {
+    /// The shortest path of events from `self` to `to`, if any.
+    pub fn path_to(self, to: TaskState) -> Option<Vec<TaskEvent>> {
+        shortest_path(self, to, TaskEvent::ALL, TaskState::transition)
     }
 }
 
@@ -346,6 +426,8 @@ mod tests {
             (S::Failure, E::Rerun, S::Submitted),
             (S::Killed, E::Rerun, S::Submitted),
             (S::ForcedSuccess, E::Rerun, S::Submitted),
+            (S::Skipped, E::Rerun, S::Submitted),
+            (S::Submitted, E::Skip, S::Skipped),
         ];
         check_table(S::ALL, E::ALL, &edges, S::transition);
     }
@@ -367,6 +449,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_state_is_reached_from_submitted_along_the_table() {
+        for &state in WorkflowState::ALL {
+            let path = WorkflowState::Submitted.path_to(state).unwrap_or_else(|| panic!("{state} unreachable"));
+            assert_eq!(WorkflowState::Submitted.after(&path), Ok(state));
+        }
+        for &state in TaskState::ALL {
+            let path = TaskState::Submitted.path_to(state).unwrap_or_else(|| panic!("{state} unreachable"));
+            assert_eq!(TaskState::Submitted.after(&path), Ok(state));
+        }
+        assert_eq!(TaskState::Success.path_to(TaskState::Running), Some(vec![TaskEvent::Rerun, TaskEvent::Dispatch, TaskEvent::Start]));
+        assert_eq!(WorkflowState::Success.path_to(WorkflowState::NeedFailover).map(|p| p.len()), Some(3));
     }
 
     #[test]

@@ -446,6 +446,10 @@ impl Registry for EmbeddedSession {
         self.state.subscribe()
     }
 
+    fn lost_on_restart(&self) -> bool {
+        true
+    }
+
     async fn close(&self) {
         self.close_now();
     }

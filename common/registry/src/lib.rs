@@ -103,6 +103,13 @@ pub trait Registry: Send + Sync + 'static {
     /// The session's state now and from now on.
     fn session_state(&self) -> watch::Receiver<SessionState>;
 
+    /// Whether everything it holds lives in this process and dies with it
+    /// (the embedded registry of `sluice standalone`): a queue entry
+    /// missing after a restart was lost, not taken by a worker elsewhere.
+    fn lost_on_restart(&self) -> bool {
+        false
+    }
+
     /// Ends the session: its ephemeral nodes disappear and its locks are
     /// released before this returns. Every later call fails with
     /// [`RegistryError::Closed`].
@@ -161,6 +168,9 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
     }
     fn session_state(&self) -> watch::Receiver<SessionState> {
         (**self).session_state()
+    }
+    fn lost_on_restart(&self) -> bool {
+        (**self).lost_on_restart()
     }
     async fn close(&self) {
         (**self).close().await

@@ -17,7 +17,7 @@ use sluice_domain::*;
 use crate::error::StoreError;
 use crate::rows::*;
 use crate::schema::*;
-use crate::{Backend, PoolOptions, Result, SavedWorkflow, Store, WorkflowVersionInfo};
+use crate::{Backend, PoolOptions, Result, RunWrite, RunWritten, SavedWorkflow, Store, WorkflowVersionInfo};
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/sqlite");
@@ -148,6 +148,10 @@ fn like_pattern(query: &str) -> String {
 const AT_REST: [&str; 4] = ["success", "failure", "stopped", "paused"];
 const FINAL: [&str; 3] = ["success", "failure", "stopped"];
 
+/// Rows per statement of a batched write: well under PostgreSQL's 65,535
+/// bound parameters (a task row has 15) and SQLite's 32,766.
+const CHUNK: usize = 1000;
+
 /// Task-definition spec as stored: the spec without deps (edges are per
 /// workflow version).
 fn stored_task_spec(task: &TaskSpec) -> String {
@@ -165,45 +169,125 @@ macro_rules! store_impl {
         type Conn = $conn;
 
         /// Applies task changes under the fence (checked by the caller, in
-        /// the same transaction).
-        fn update_task_rows(c: &mut Conn, fence: Fence, changes: &[(TaskInstanceId, TaskChangeset)]) -> Result<Vec<TaskInstance>> {
+        /// the same transaction), compare-and-set on each row's state.
+        /// Changes that are alike (same expected state, same target, same
+        /// fields: a stop killing 10,000 tasks) are one statement per chunk.
+        fn update_task_rows(c: &mut Conn, fence: Fence, changes: &[TaskChange], now: i64) -> Result<Vec<TaskInstance>> {
+            let mut groups: Vec<((TaskState, TaskChangeset), Vec<i64>)> = Vec::new();
+            let mut index: std::collections::HashMap<(TaskState, TaskChangeset), usize> = std::collections::HashMap::new();
+            for change in changes {
+                let to = change.to().map_err(|e| StoreError::StaleState(format!("task instance {}: {e}", change.id)))?;
+                let moves = (!change.events.is_empty()).then_some(to);
+                let key = (change.from, TaskChangeset::new(&change.update, moves, now));
+                let slot = *index.entry(key.clone()).or_insert_with(|| {
+                    groups.push((key, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[slot].1.push(change.id.get());
+            }
+            let mut rows: std::collections::HashMap<i64, TaskInstanceRow> = std::collections::HashMap::with_capacity(changes.len());
+            for ((from, changeset), ids) in &groups {
+                for chunk in ids.chunks(CHUNK) {
+                    let updated: Vec<TaskInstanceRow> = diesel::update(task_instances::table)
+                        .filter(task_instances::id.eq_any(chunk))
+                        .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                        .filter(task_instances::state.eq(from.as_str()))
+                        .set(changeset)
+                        .returning(TaskInstanceRow::as_returning())
+                        .get_results(c)?;
+                    if updated.len() != chunk.len() {
+                        let missed = chunk.iter().find(|id| !updated.iter().any(|r| r.id == **id)).expect("one row is missing");
+                        let state: Option<String> = task_instances::table
+                            .find(missed)
+                            .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                            .select(task_instances::state)
+                            .first(c)
+                            .optional()?;
+                        return Err(match state {
+                            None => StoreError::NotFound(format!("task instance {missed} of workflow instance {}", fence.workflow_instance_id)),
+                            Some(state) => StoreError::StaleState(format!("task instance {missed} is `{state}`, expected `{from}`")),
+                        });
+                    }
+                    rows.extend(updated.into_iter().map(|r| (r.id, r)));
+                }
+            }
             changes
                 .iter()
-                .map(|(id, changes)| {
-                    diesel::update(task_instances::table.find(id.get()))
-                        .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
-                        .set(changes)
-                        .returning(TaskInstanceRow::as_returning())
-                        .get_result(c)
-                        .optional()?
-                        .ok_or_else(|| StoreError::NotFound(format!(
-                            "task instance {id} of workflow instance {}", fence.workflow_instance_id
-                        )))?
-                        .into_domain()
-                })
+                .map(|change| rows.remove(&change.id.get()).expect("every change returned its row").into_domain())
                 .collect()
         }
 
-        fn insert_task_rows(c: &mut Conn, new: &[NewTaskInstance], state: TaskState, now: i64) -> Result<Vec<TaskInstance>> {
-            new.iter()
-                .map(|n| {
-                    diesel::insert_into(task_instances::table)
-                        .values(NewTaskInstanceRow::new(n, state, now))
-                        .returning(TaskInstanceRow::as_returning())
-                        .get_result(c)?
-                        .into_domain()
-                })
-                .collect()
-        }
-
-        fn stray_task(fence: Fence, new: &[NewTaskInstance]) -> Result<()> {
-            match new.iter().find(|n| n.workflow_instance_id != fence.workflow_instance_id) {
-                Some(stray) => Err(StoreError::Conflict(format!(
-                    "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
-                    stray.name, stray.workflow_instance_id, fence.workflow_instance_id
-                ))),
-                None => Ok(()),
+        /// Inserts task instances of the fenced instance, in the states
+        /// their events lead to from `submitted`; a chunk per statement.
+        fn insert_task_rows(c: &mut Conn, fence: Fence, new: &[NewTaskInstance], now: i64) -> Result<Vec<TaskInstance>> {
+            let mut values = Vec::with_capacity(new.len());
+            for n in new {
+                if n.workflow_instance_id != fence.workflow_instance_id {
+                    return Err(StoreError::Conflict(format!(
+                        "task `{}` belongs to workflow instance {}, not to the fenced instance {}",
+                        n.name, n.workflow_instance_id, fence.workflow_instance_id
+                    )));
+                }
+                let state = n.state().map_err(|e| StoreError::StaleState(format!("new task `{}`: {e}", n.name)))?;
+                values.push(NewTaskInstanceRow::new(n, state, now));
             }
+            let mut rows: std::collections::HashMap<String, TaskInstanceRow> = std::collections::HashMap::with_capacity(new.len());
+            for chunk in values.chunks(CHUNK) {
+                let inserted: Vec<TaskInstanceRow> = diesel::insert_into(task_instances::table)
+                    .values(chunk)
+                    .returning(TaskInstanceRow::as_returning())
+                    .get_results(c)
+                    .map_err(|e| match StoreError::from(e) {
+                        StoreError::Conflict(_) => StoreError::Conflict(format!(
+                            "workflow instance {} already has a task instance of one of: {}",
+                            fence.workflow_instance_id,
+                            chunk.iter().map(|r| format!("`{}`", r.name)).collect::<Vec<_>>().join(", ")
+                        )),
+                        other => other,
+                    })?;
+                rows.extend(inserted.into_iter().map(|r| (r.name.clone(), r)));
+            }
+            // Matched by name (unique per workflow instance), not by the order
+            // RETURNING happens to use.
+            new.iter()
+                .map(|n| rows.remove(&n.name).ok_or_else(|| StoreError::Database(format!("task `{}` was not inserted", n.name)))?.into_domain())
+                .collect()
+        }
+
+        /// Applies a workflow-instance change, compare-and-set on its state,
+        /// under the fence.
+        fn update_workflow_row(c: &mut Conn, fence: Fence, change: &WorkflowChange, now: i64) -> Result<WorkflowInstance> {
+            let to = change.to().map_err(|e| StoreError::StaleState(format!("workflow instance {}: {e}", fence.workflow_instance_id)))?;
+            let moves = (!change.events.is_empty()).then_some(to);
+            let id = fence.workflow_instance_id.get();
+            let updated = diesel::update(workflow_instances::table.find(id))
+                .filter(workflow_instances::owner_epoch.eq(fence.epoch))
+                .filter(workflow_instances::state.eq(change.from.as_str()))
+                .set(&WorkflowChangeset::new(&change.update, moves, now))
+                .returning(WorkflowInstanceRow::as_returning())
+                .get_result(c)
+                .optional()?;
+            match updated {
+                Some(row) => row.into_domain(),
+                None => {
+                    check_fence(c, fence)?;
+                    let state: String = workflow_instances::table.find(id).select(workflow_instances::state).first(c)?;
+                    Err(StoreError::StaleState(format!("workflow instance {id} is `{state}`, expected `{}`", change.from)))
+                }
+            }
+        }
+
+        /// Everything of a [`RunWrite`], in the caller's transaction.
+        fn apply_write(c: &mut Conn, fence: Fence, write: &RunWrite) -> Result<RunWritten> {
+            let owner = check_fence(c, fence)?;
+            let now = now_ms();
+            let workflow = write.workflow.as_ref().map(|change| update_workflow_row(c, fence, change, now)).transpose()?;
+            let tasks = update_task_rows(c, fence, &write.tasks, now)?;
+            let created = insert_task_rows(c, fence, &write.create, now)?;
+            for &command in &write.consume {
+                delete_claimed_command(c, command, owner.as_deref())?;
+            }
+            Ok(RunWritten { workflow, tasks, created })
         }
 
         /// Loads one version of a workflow definition with its tasks.
@@ -328,17 +412,17 @@ macro_rules! store_impl {
         /// Checks that `fence` is still current, holding a share lock on the
         /// instance row until the transaction ends so that no adoption can
         /// slip in between the check and the write.
-        fn check_fence(c: &mut Conn, fence: Fence) -> Result<()> {
-            let current: Option<i64> = workflow_instances::table
+        fn check_fence(c: &mut Conn, fence: Fence) -> Result<Option<String>> {
+            let current: Option<(i64, Option<String>)> = workflow_instances::table
                 .find(fence.workflow_instance_id.get())
-                .select(workflow_instances::owner_epoch)
+                .select((workflow_instances::owner_epoch, workflow_instances::owner))
                 $($share_lock)*
                 .first(c)
                 .optional()?;
             match current {
                 None => Err(StoreError::NotFound(format!("workflow instance {}", fence.workflow_instance_id))),
-                Some(epoch) if epoch == fence.epoch => Ok(()),
-                Some(current) => Err(StoreError::Fenced {
+                Some((epoch, owner)) if epoch == fence.epoch => Ok(owner),
+                Some((current, _)) => Err(StoreError::Fenced {
                     workflow_instance_id: fence.workflow_instance_id,
                     presented: fence.epoch,
                     current,
@@ -382,22 +466,6 @@ macro_rules! store_impl {
                 .values(NewWorkflowInstanceRow::new(new, project_id, name, now))
                 .returning(WorkflowInstanceRow::as_returning())
                 .get_result(c)?)
-        }
-
-        impl DieselStore<Conn> {
-            /// Inserts task instances of the fenced instance in `state`, in
-            /// one transaction.
-            async fn insert_task_instances(&self, fence: Fence, new: &[NewTaskInstance], state: TaskState) -> Result<Vec<TaskInstance>> {
-                stray_task(fence, new)?;
-                let new = new.to_vec();
-                self.run(move |c: &mut Conn| {
-                    c.$txn(|c| {
-                        check_fence(c, fence)?;
-                        insert_task_rows(c, &new, state, now_ms())
-                    })
-                })
-                .await
-            }
         }
 
         #[async_trait]
@@ -609,6 +677,24 @@ macro_rules! store_impl {
             async fn delete_workflow(&self, id: WorkflowId) -> Result<bool> {
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
+                        let live: Vec<(i64, String)> = workflow_instances::table
+                            .filter(workflow_instances::workflow_id.eq(id.get()))
+                            .filter(workflow_instances::state.ne_all(FINAL))
+                            .order(workflow_instances::id)
+                            .limit(11)
+                            .select((workflow_instances::id, workflow_instances::state))
+                            $($share_lock)*
+                            .load(c)?;
+                        if !live.is_empty() {
+                            let mut named: Vec<String> = live.iter().take(10).map(|(i, s)| format!("{i} ({s})")).collect();
+                            if live.len() > 10 {
+                                named.push("…".into());
+                            }
+                            return Err(StoreError::Conflict(format!(
+                                "workflow {id} has instances that are not finished: {}; stop them or let them finish first",
+                                named.join(", ")
+                            )));
+                        }
                         // Children first: cascades are declared, but SQLite
                         // enforces them only with foreign_keys on, and an
                         // explicit order keeps both backends identical.
@@ -715,8 +801,19 @@ macro_rules! store_impl {
 
             async fn insert_command(&self, command: &NewCommand) -> Result<CommandId> {
                 let row = NewCommandRow::new(command, now_ms());
+                let (kind, target) = (command.kind(), command.workflow_instance_id());
                 self.run(move |c: &mut Conn| {
-                    let id: i64 = diesel::insert_into(commands::table).values(&row).returning(commands::id).get_result(c)?;
+                    let id: i64 = diesel::insert_into(commands::table)
+                        .values(&row)
+                        .returning(commands::id)
+                        .get_result(c)
+                        .map_err(|e| match StoreError::from(e) {
+                            StoreError::Conflict(_) => StoreError::Conflict(match target {
+                                Some(instance) => format!("workflow instance {instance} already has a restart queued; a second {kind} is refused"),
+                                None => format!("a {kind} command like this one is already queued"),
+                            }),
+                            other => other,
+                        })?;
                     Ok(CommandId(id))
                 })
                 .await
@@ -725,10 +822,10 @@ macro_rules! store_impl {
             async fn insert_scheduled_commands(&self, commands: &[NewCommand], publish_at: Timestamp) -> Result<Vec<Option<CommandId>>> {
                 let mut fires = Vec::with_capacity(commands.len());
                 for command in commands {
-                    let (Some(schedule), Some(fire)) = (command.schedule_id, command.schedule_time) else {
+                    let NewCommand::Start(StartRun { schedule_id: Some(schedule), schedule_time: Some(fire), .. }) = command else {
                         return Err(StoreError::Conflict("a scheduled command needs schedule_id and schedule_time".into()));
                     };
-                    fires.push((schedule.get(), ms(fire)));
+                    fires.push((schedule.get(), ms(*fire)));
                 }
                 let hold_commit = $backend == Backend::Postgres;
                 if !hold_commit {
@@ -841,9 +938,18 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn delete_command(&self, id: CommandId) -> Result<()> {
+            async fn consume_command(&self, id: CommandId, owner: &str) -> Result<()> {
+                let owner = owner.to_owned();
+                self.run(move |c: &mut Conn| delete_claimed_command(c, id, Some(&owner))).await
+            }
+
+            async fn release_command(&self, id: CommandId, owner: &str) -> Result<()> {
+                let owner = owner.to_owned();
                 self.run(move |c: &mut Conn| {
-                    diesel::delete(commands::table.find(id.get())).execute(c)?;
+                    diesel::update(commands::table.find(id.get()))
+                        .filter(commands::owner.eq(&owner))
+                        .set((commands::owner.eq(None::<String>), commands::claimed_at.eq(None::<i64>)))
+                        .execute(c)?;
                     Ok(())
                 })
                 .await
@@ -891,13 +997,26 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn adopt_instance_for_command(&self, command: CommandId, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance> {
-                let owner = owner.to_owned();
+            async fn adopt_for_command(
+                &self,
+                command: CommandId,
+                id: WorkflowInstanceId,
+                owner: &str,
+                expect: WorkflowState,
+                write: &RunWrite,
+            ) -> Result<(WorkflowInstance, RunWritten)> {
+                let (owner, write) = (owner.to_owned(), write.clone());
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         let row = adopt(c, id, &owner)?;
+                        if row.state != expect.as_str() {
+                            return Err(StoreError::StaleState(format!("workflow instance {id} is `{}`, expected `{expect}`", row.state)));
+                        }
                         delete_claimed_command(c, command, Some(&owner))?;
-                        row.into_domain()
+                        let instance = row.into_domain()?;
+                        let written = apply_write(c, instance.fence(), &write)?;
+                        let instance = written.workflow.clone().unwrap_or(instance);
+                        Ok((instance, written))
                     })
                 })
                 .await
@@ -947,30 +1066,6 @@ macro_rules! store_impl {
             async fn adopt_workflow_instance(&self, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance> {
                 let owner = owner.to_owned();
                 self.run(move |c: &mut Conn| adopt(c, id, &owner)?.into_domain()).await
-            }
-
-            async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance> {
-                let changes = WorkflowChangeset::new(update, now_ms());
-                self.run(move |c: &mut Conn| {
-                    c.$txn(|c| {
-                        let id = fence.workflow_instance_id.get();
-                        let updated = diesel::update(workflow_instances::table.find(id))
-                            .filter(workflow_instances::owner_epoch.eq(fence.epoch))
-                            .set(&changes)
-                            .returning(WorkflowInstanceRow::as_returning())
-                            .get_result(c)
-                            .optional()?;
-                        match updated {
-                            Some(row) => row.into_domain(),
-                            // Tells a vanished row from a stale fence.
-                            None => match check_fence(c, fence) {
-                                Err(e) => Err(e),
-                                Ok(()) => Err(StoreError::Database(format!("workflow instance {id} changed during update"))),
-                            },
-                        }
-                    })
-                })
-                .await
             }
 
             async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>> {
@@ -1083,10 +1178,12 @@ macro_rules! store_impl {
                                     .values(row)
                                     .returning(workflow_instances::id)
                                     .get_result(c)?;
-                                let mut command = NewCommand::start(backfill.spec.workflow_id);
-                                command.workflow_version = Some(backfill.spec.workflow_version);
-                                command.workflow_instance_id = Some(WorkflowInstanceId(instance));
-                                command.schedule_time = Some(times[next]);
+                                let command = NewCommand::Start(StartRun {
+                                    workflow_version: Some(backfill.spec.workflow_version),
+                                    workflow_instance_id: Some(WorkflowInstanceId(instance)),
+                                    schedule_time: Some(times[next]),
+                                    ..StartRun::of(backfill.spec.workflow_id)
+                                });
                                 diesel::insert_into(commands::table).values(NewCommandRow::new(&command, now)).execute(c)?;
                                 created.push(WorkflowInstanceId(instance));
                                 next += 1;
@@ -1134,9 +1231,10 @@ macro_rules! store_impl {
                             .load(c)?;
                         let now = now_ms();
                         for instance in unfinished {
-                            let mut command = NewCommand::start(backfill.spec.workflow_id);
-                            command.kind = CommandKind::Stop;
-                            command.workflow_instance_id = Some(WorkflowInstanceId(instance));
+                            let command = NewCommand::Stop(InstanceTarget {
+                                workflow_id: backfill.spec.workflow_id,
+                                workflow_instance_id: WorkflowInstanceId(instance),
+                            });
                             diesel::insert_into(commands::table).values(NewCommandRow::new(&command, now)).execute(c)?;
                         }
                         Ok(backfill)
@@ -1187,39 +1285,12 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
-                self.insert_task_instances(fence, new, TaskState::Submitted).await
-            }
-
-            async fn create_dispatched_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
-                let dispatched = TaskState::Submitted.transition(TaskEvent::Dispatch).map_err(|e| StoreError::Conflict(e.to_string()))?;
-                self.insert_task_instances(fence, new, dispatched).await
-            }
-
-            async fn update_task_instances(&self, fence: Fence, updates: &[(TaskInstanceId, TaskUpdate)]) -> Result<Vec<TaskInstance>> {
-                Ok(self.update_and_create_dispatched(fence, updates, &[]).await?.0)
-            }
-
-            async fn update_and_create_dispatched(
-                &self,
-                fence: Fence,
-                updates: &[(TaskInstanceId, TaskUpdate)],
-                new: &[NewTaskInstance],
-            ) -> Result<(Vec<TaskInstance>, Vec<TaskInstance>)> {
-                stray_task(fence, new)?;
-                let dispatched = TaskState::Submitted.transition(TaskEvent::Dispatch).map_err(|e| StoreError::Conflict(e.to_string()))?;
-                let now = now_ms();
-                let changes: Vec<(TaskInstanceId, TaskChangeset)> = updates.iter().map(|(id, u)| (*id, TaskChangeset::new(u, now))).collect();
-                let new = new.to_vec();
-                self.run(move |c: &mut Conn| {
-                    c.$txn(|c| {
-                        check_fence(c, fence)?;
-                        let updated = update_task_rows(c, fence, &changes)?;
-                        let created = insert_task_rows(c, &new, dispatched, now)?;
-                        Ok((updated, created))
-                    })
-                })
-                .await
+            async fn write_run(&self, fence: Fence, write: &RunWrite) -> Result<RunWritten> {
+                if write.is_empty() {
+                    return Ok(RunWritten::default());
+                }
+                let write = write.clone();
+                self.run(move |c: &mut Conn| c.$txn(|c| apply_write(c, fence, &write))).await
             }
 
             async fn task_instance(&self, id: TaskInstanceId) -> Result<Option<TaskInstance>> {

@@ -15,6 +15,10 @@ pub enum StoreError {
          not {presented}: write refused"
     )]
     Fenced { workflow_instance_id: WorkflowInstanceId, presented: i64, current: i64 },
+    /// A state change expected a row in a state it is no longer in (or the
+    /// transition table refuses the move): nothing was written.
+    #[error("stale state: {0}")]
+    StaleState(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("stored data is unreadable: {0}")]

@@ -45,6 +45,34 @@ pub struct WorkflowVersionInfo {
     pub created_at: Timestamp,
 }
 
+/// Everything one decision of a master's run machine writes: one fenced
+/// transaction, all or nothing. State changes are compare-and-set (each
+/// names the state it expects) and go through the transition tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunWrite {
+    pub workflow: Option<WorkflowChange>,
+    pub tasks: Vec<TaskChange>,
+    pub create: Vec<NewTaskInstance>,
+    /// Commands carried out by this write: deleted with it. Each must be
+    /// claimed by the instance's owner (the writer).
+    pub consume: Vec<CommandId>,
+}
+
+impl RunWrite {
+    pub fn is_empty(&self) -> bool {
+        self.workflow.is_none() && self.tasks.is_empty() && self.create.is_empty() && self.consume.is_empty()
+    }
+}
+
+/// The rows a [`RunWrite`] left: the instance if it changed, the changed
+/// tasks in the write's order, then the created ones in theirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunWritten {
+    pub workflow: Option<WorkflowInstance>,
+    pub tasks: Vec<TaskInstance>,
+    pub created: Vec<TaskInstance>,
+}
+
 /// Everything Sluice persists. Writes to a workflow instance or its tasks
 /// carry the owner's [`Fence`]; a stale fence makes them fail with
 /// [`StoreError::Fenced`] and change nothing.
@@ -74,7 +102,9 @@ pub trait Store: Send + Sync + 'static {
     /// Workflows of a project; `query` matches (case-insensitively) part of
     /// the name, the description or a task name.
     async fn list_workflows(&self, project: ProjectId, query: Option<&str>) -> Result<Vec<WorkflowSummary>>;
-    /// Deletes the definition with its versions and schedule; runs stay.
+    /// Deletes the definition with its versions and schedule; finished runs
+    /// stay. Refused (`Conflict`, naming them) while some of its instances
+    /// are not final: they need the definition to go on.
     async fn delete_workflow(&self, id: WorkflowId) -> Result<bool>;
 
     // --- schedules
@@ -85,6 +115,9 @@ pub trait Store: Send + Sync + 'static {
 
     // --- commands
     async fn insert_command(&self, command: &NewCommand) -> Result<CommandId>;
+    /// Inserts a command. A second restart (rerun, recover, resume) of an
+    /// instance while one waits is a `Conflict`.
+    ///
     /// Inserts a command fired by `command.schedule_id` at
     /// `command.schedule_time` and records that time as the schedule's last
     /// fire, atomically. Returns `None` if that fire time already has a
@@ -111,28 +144,40 @@ pub trait Store: Send + Sync + 'static {
     /// Safe with several masters: each command is claimed exactly once.
     /// Commands aimed at an instance owned by another master are left to it.
     async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>>;
-    /// Removes a command once its effect is persisted.
-    async fn delete_command(&self, id: CommandId) -> Result<()>;
+    /// Deletes a command `owner` claimed and found nothing to do for (its
+    /// effect, if any, is written with [`Store::write_run`]'s `consume`).
+    async fn consume_command(&self, id: CommandId, owner: &str) -> Result<()>;
     /// Returns the commands claimed by `owner` (a dead master) to the pool.
     async fn release_commands(&self, owner: &str) -> Result<u64>;
+    /// Returns one command `owner` claimed to the pool (the driver it was
+    /// meant for is gone): the instance's owner takes it next.
+    async fn release_command(&self, id: CommandId, owner: &str) -> Result<()>;
     async fn unclaimed_commands(&self) -> Result<Vec<Command>>;
 
     // --- workflow instances
     async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
+    /// Adopts instance `id` for `owner` (a new epoch) if it is in `expect`,
+    /// applies `write` under the new fence and deletes `command`, in one
+    /// transaction: a restart, a stop of an instance nobody drives, the
+    /// start of a pre-created one. `StaleState` if it is not in `expect`.
+    async fn adopt_for_command(
+        &self,
+        command: CommandId,
+        id: WorkflowInstanceId,
+        owner: &str,
+        expect: WorkflowState,
+        write: &RunWrite,
+    ) -> Result<(WorkflowInstance, RunWritten)>;
     /// Creates the instance a claimed command asks for and deletes the
     /// command, in one transaction: a master that dies in between leaves
     /// either the command (to be released and claimed again) or the
     /// instance (to be failed over), never both.
     async fn create_instance_for_command(&self, command: CommandId, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
-    /// Adopts a pre-created instance for `owner` and deletes the command
-    /// that asked for it, in one transaction.
-    async fn adopt_instance_for_command(&self, command: CommandId, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance>;
     async fn workflow_instance(&self, id: WorkflowInstanceId) -> Result<Option<WorkflowInstance>>;
     async fn list_workflow_instances(&self, filter: &InstanceFilter) -> Result<Vec<WorkflowInstance>>;
     /// Makes `owner` the owner and bumps the epoch: every write fenced with
     /// an older epoch fails from now on.
     async fn adopt_workflow_instance(&self, id: WorkflowInstanceId, owner: &str) -> Result<WorkflowInstance>;
-    async fn update_workflow_instance(&self, fence: Fence, update: &WorkflowUpdate) -> Result<WorkflowInstance>;
     /// Non-final instances owned by `owner`.
     async fn owned_workflow_instances(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
     /// Deletes up to `batch` finished workflow instances that ended before
@@ -157,31 +202,27 @@ pub trait Store: Send + Sync + 'static {
     /// or stopped is a `Conflict`.
     async fn stop_backfill(&self, id: BackfillId) -> Result<Backfill>;
 
-    // --- task instances
-    async fn create_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
-    /// [`Store::create_task_instances`] with the new rows already
-    /// `dispatched`: a master queues tasks as soon as they are created, and
-    /// one commit instead of two (create, then mark) is most of what a
-    /// hand-off between two chained tasks costs.
-    async fn create_dispatched_task_instances(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
-    /// [`Store::update_task_instances`] and
-    /// [`Store::create_dispatched_task_instances`] in one transaction: a
-    /// master records that tasks ended and queues what they unblocked with
-    /// one commit. The updated rows, then the created ones.
-    async fn update_and_create_dispatched(
-        &self,
-        fence: Fence,
-        updates: &[(TaskInstanceId, TaskUpdate)],
-        new: &[NewTaskInstance],
-    ) -> Result<(Vec<TaskInstance>, Vec<TaskInstance>)>;
-    async fn update_task_instance(&self, fence: Fence, id: TaskInstanceId, update: &TaskUpdate) -> Result<TaskInstance> {
-        let mut updated = self.update_task_instances(fence, &[(id, update.clone())]).await?;
-        Ok(updated.pop().expect("one update, one row"))
+    // --- runs
+    /// Applies `write` under `fence` in one transaction (see [`RunWrite`]).
+    /// `Fenced` if another master adopted the instance, `StaleState` if a
+    /// row is not in the state a change expects; either way nothing is
+    /// written.
+    async fn write_run(&self, fence: Fence, write: &RunWrite) -> Result<RunWritten>;
+    /// One task change, for callers with nothing else to write.
+    async fn change_task(&self, fence: Fence, change: &TaskChange) -> Result<TaskInstance> {
+        let written = self.write_run(fence, &RunWrite { tasks: vec![change.clone()], ..Default::default() }).await?;
+        Ok(written.tasks.into_iter().next().expect("one change, one row"))
     }
-    /// Applies several task updates under one fence check, in one
-    /// transaction: all or none (a master dispatching many ready tasks
-    /// persists them with one commit). Rows come back in `updates`' order.
-    async fn update_task_instances(&self, fence: Fence, updates: &[(TaskInstanceId, TaskUpdate)]) -> Result<Vec<TaskInstance>>;
+    /// Task instances created under `fence`, for callers with nothing else
+    /// to write.
+    async fn create_tasks(&self, fence: Fence, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
+        Ok(self.write_run(fence, &RunWrite { create: new.to_vec(), ..Default::default() }).await?.created)
+    }
+    /// A workflow-instance change, for callers with nothing else to write.
+    async fn change_workflow(&self, fence: Fence, change: &WorkflowChange) -> Result<WorkflowInstance> {
+        let written = self.write_run(fence, &RunWrite { workflow: Some(change.clone()), ..Default::default() }).await?;
+        Ok(written.workflow.expect("a workflow change returns the instance"))
+    }
     async fn task_instance(&self, id: TaskInstanceId) -> Result<Option<TaskInstance>>;
     async fn task_instances(&self, workflow_instance: WorkflowInstanceId) -> Result<Vec<TaskInstance>>;
 }

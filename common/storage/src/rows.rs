@@ -251,47 +251,81 @@ pub(crate) struct NewCommandRow {
     pub created_at: i64,
 }
 
+/// Commands are stored in one table whatever their kind: a start uses the
+/// run-settings columns, the others name their instance, and the tasks of
+/// a kill, a force-success or a recover (the ones it forces) go in
+/// `start_tasks`.
 impl NewCommandRow {
     pub fn new(c: &NewCommand, now: i64) -> Self {
-        NewCommandRow {
-            kind: c.kind.to_string(),
-            workflow_id: c.workflow_id.get(),
-            workflow_version: c.workflow_version.map(|v| v as i32),
-            workflow_instance_id: c.workflow_instance_id.map(|i| i.get()),
-            params: json(&c.params),
-            priority: c.priority.map(|p| p.to_string()),
-            worker_group: c.worker_group.as_ref().map(|g| g.to_string()),
-            failure_strategy: c.failure_strategy.map(|f| f.to_string()),
-            start_tasks: json(&c.start_tasks),
-            scope: c.scope.map(|s| s.to_string()),
-            schedule_id: c.schedule_id.map(|s| s.get()),
-            schedule_time: c.schedule_time.map(ms),
+        let mut row = NewCommandRow {
+            kind: c.kind().to_string(),
+            workflow_id: c.workflow_id().get(),
+            workflow_version: None,
+            workflow_instance_id: c.workflow_instance_id().map(|i| i.get()),
+            params: json(&Params::new()),
+            priority: None,
+            worker_group: None,
+            failure_strategy: None,
+            start_tasks: json(&Vec::<String>::new()),
+            scope: None,
+            schedule_id: None,
+            schedule_time: None,
             created_at: now,
+        };
+        match c {
+            NewCommand::Start(s) => {
+                row.workflow_version = s.workflow_version.map(|v| v as i32);
+                row.params = json(&s.params);
+                row.priority = s.priority.map(|p| p.to_string());
+                row.worker_group = s.worker_group.as_ref().map(|g| g.to_string());
+                row.failure_strategy = s.failure_strategy.map(|f| f.to_string());
+                row.start_tasks = json(&s.start_tasks);
+                row.scope = s.scope.map(|s| s.to_string());
+                row.schedule_id = s.schedule_id.map(|s| s.get());
+                row.schedule_time = s.schedule_time.map(ms);
+            }
+            NewCommand::Recover { force_success: tasks, .. } | NewCommand::KillTask { tasks, .. } | NewCommand::ForceSuccess { tasks, .. } => {
+                row.start_tasks = json(tasks)
+            }
+            NewCommand::Rerun(_) | NewCommand::Resume(_) | NewCommand::Pause(_) | NewCommand::Stop(_) => {}
         }
+        row
     }
 }
 
 impl CommandRow {
     pub fn into_domain(self) -> Result<Command, StoreError> {
-        Ok(Command {
-            id: CommandId(self.id),
-            spec: NewCommand {
-                kind: parse("commands.kind", &self.kind)?,
+        let kind: CommandKind = parse("commands.kind", &self.kind)?;
+        let tasks: Vec<String> = from_json("commands.start_tasks", &self.start_tasks)?;
+        let target = || match self.workflow_instance_id {
+            Some(id) => Ok(InstanceTarget { workflow_id: WorkflowId(self.workflow_id), workflow_instance_id: WorkflowInstanceId(id) }),
+            None => Err(StoreError::corrupt(format!("command {} ({kind}) names no workflow instance", self.id))),
+        };
+        let spec = match kind {
+            CommandKind::Start | CommandKind::StartFromTasks | CommandKind::Backfill => NewCommand::Start(StartRun {
                 workflow_id: WorkflowId(self.workflow_id),
-                workflow_version: self
-                    .workflow_version
-                    .map(|v| u32_of("commands.workflow_version", v))
-                    .transpose()?,
+                workflow_version: self.workflow_version.map(|v| u32_of("commands.workflow_version", v)).transpose()?,
                 workflow_instance_id: self.workflow_instance_id.map(WorkflowInstanceId),
                 params: from_json("commands.params", &self.params)?,
-                priority: parse_opt("commands.priority", self.priority)?,
-                worker_group: parse_opt("commands.worker_group", self.worker_group)?,
-                failure_strategy: parse_opt("commands.failure_strategy", self.failure_strategy)?,
-                start_tasks: from_json("commands.start_tasks", &self.start_tasks)?,
-                scope: parse_opt("commands.scope", self.scope)?,
+                priority: parse_opt("commands.priority", self.priority.clone())?,
+                worker_group: parse_opt("commands.worker_group", self.worker_group.clone())?,
+                failure_strategy: parse_opt("commands.failure_strategy", self.failure_strategy.clone())?,
+                start_tasks: tasks,
+                scope: parse_opt("commands.scope", self.scope.clone())?,
                 schedule_id: self.schedule_id.map(ScheduleId),
                 schedule_time: opt_ms(self.schedule_time)?,
-            },
+            }),
+            CommandKind::Rerun => NewCommand::Rerun(target()?),
+            CommandKind::RecoverFailure | CommandKind::RecoverFailover => NewCommand::Recover { target: target()?, force_success: tasks },
+            CommandKind::Resume => NewCommand::Resume(target()?),
+            CommandKind::Pause => NewCommand::Pause(target()?),
+            CommandKind::Stop => NewCommand::Stop(target()?),
+            CommandKind::KillTask => NewCommand::KillTask { target: target()?, tasks },
+            CommandKind::ForceSuccess => NewCommand::ForceSuccess { target: target()?, tasks },
+        };
+        Ok(Command {
+            id: CommandId(self.id),
+            spec,
             owner: self.owner,
             claimed_at: opt_ms(self.claimed_at)?,
             created_at: from_ms(self.created_at)?,
@@ -324,6 +358,7 @@ pub(crate) struct WorkflowInstanceRow {
     pub start_tasks: String,
     pub scope: Option<String>,
     pub backfill_id: Option<i64>,
+    pub reason: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -399,6 +434,7 @@ impl WorkflowInstanceRow {
             backfill_id: self.backfill_id.map(BackfillId),
             start_time: opt_ms(self.start_time)?,
             end_time: opt_ms(self.end_time)?,
+            reason: self.reason,
             created_at: from_ms(self.created_at)?,
             updated_at: from_ms(self.updated_at)?,
         })
@@ -431,6 +467,9 @@ pub(crate) struct TaskInstanceRow {
     pub message: Option<String>,
     pub run: i32,
     pub retries: i32,
+    pub kill_reason: Option<String>,
+    pub branches: Option<String>,
+    pub external_id: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -449,6 +488,8 @@ pub(crate) struct NewTaskInstanceRow {
     pub submit_time: i64,
     pub updated_at: i64,
     pub run: i32,
+    pub message: Option<String>,
+    pub end_time: Option<i64>,
 }
 
 impl NewTaskInstanceRow {
@@ -467,6 +508,8 @@ impl NewTaskInstanceRow {
             submit_time: now,
             updated_at: now,
             run: n.run as i32,
+            message: n.message.clone(),
+            end_time: state.is_final().then_some(now),
         }
     }
 }
@@ -497,12 +540,15 @@ impl TaskInstanceRow {
             message: self.message,
             run: u32_of("task_instances.run", self.run)?,
             retries: u32_of("task_instances.retries", self.retries)?,
+            kill_reason: self.kill_reason,
+            branches: self.branches.as_deref().map(|b| from_json("task_instances.branches", b)).transpose()?,
+            external_id: self.external_id,
         })
     }
 }
 
-/// A [`TaskUpdate`] as a diesel changeset; `None` fields are left alone.
-#[derive(AsChangeset)]
+/// A [`TaskChange`] as a diesel changeset; `None` fields are left alone.
+#[derive(AsChangeset, Clone, PartialEq, Eq, Hash)]
 #[diesel(table_name = task_instances)]
 pub(crate) struct TaskChangeset {
     pub state: Option<String>,
@@ -519,12 +565,16 @@ pub(crate) struct TaskChangeset {
     pub message: Option<Option<String>>,
     pub run: Option<i32>,
     pub retries: Option<i32>,
+    pub kill_reason: Option<Option<String>>,
+    pub branches: Option<Option<String>>,
+    pub external_id: Option<Option<String>>,
 }
 
 impl TaskChangeset {
-    pub fn new(u: &TaskUpdate, now: i64) -> Self {
+    /// `state`: where the change's events lead (`None`: they do not move it).
+    pub fn new(u: &TaskUpdate, state: Option<TaskState>, now: i64) -> Self {
         TaskChangeset {
-            state: u.state.map(|s| s.to_string()),
+            state: state.map(|s| s.to_string()),
             attempt: u.attempt.map(|a| a as i32),
             failovers: u.failovers.map(|f| f as i32),
             host: u.host.clone(),
@@ -538,6 +588,9 @@ impl TaskChangeset {
             message: u.message.clone(),
             run: u.run.map(|r| r as i32),
             retries: u.retries.map(|r| r as i32),
+            kill_reason: u.kill_reason.clone(),
+            branches: u.branches.as_ref().map(|b| b.as_ref().map(json)),
+            external_id: u.external_id.clone(),
         }
     }
 }
@@ -551,17 +604,19 @@ pub(crate) struct WorkflowChangeset {
     pub run: Option<i32>,
     pub start_time: Option<Option<i64>>,
     pub end_time: Option<Option<i64>>,
+    pub reason: Option<Option<String>>,
     pub updated_at: i64,
 }
 
 impl WorkflowChangeset {
-    pub fn new(u: &WorkflowUpdate, now: i64) -> Self {
+    pub fn new(u: &WorkflowUpdate, state: Option<WorkflowState>, now: i64) -> Self {
         WorkflowChangeset {
-            state: u.state.map(|s| s.to_string()),
+            state: state.map(|s| s.to_string()),
             command_kind: u.command_kind.map(|k| k.to_string()),
             run: u.run.map(|r| r as i32),
             start_time: u.start_time.map(|t| t.map(ms)),
             end_time: u.end_time.map(|t| t.map(ms)),
+            reason: u.reason.clone(),
             updated_at: now,
         }
     }

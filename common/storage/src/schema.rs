@@ -108,6 +108,7 @@ diesel::table! {
         start_tasks -> Text,
         scope -> Nullable<Text>,
         backfill_id -> Nullable<BigInt>,
+        reason -> Nullable<Text>,
     }
 }
 
@@ -151,6 +152,9 @@ diesel::table! {
         message -> Nullable<Text>,
         run -> Integer,
         retries -> Integer,
+        kill_reason -> Nullable<Text>,
+        branches -> Nullable<Text>,
+        external_id -> Nullable<Text>,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use sluice_domain::*;
-use sluice_storage::{Backend, PgStore, PoolOptions, SqliteStore, Store, StoreError};
+use sluice_storage::{Backend, PgStore, PoolOptions, RunWrite, SqliteStore, Store, StoreError};
 
 /// Keeps a test's database alive for as long as the store is used.
 enum Fixture {
@@ -73,6 +73,11 @@ store_suite!(
     task_instances_are_created_and_updated_under_the_fence,
     task_instances_can_be_created_dispatched,
     task_updates_and_their_successors_are_written_together,
+    state_changes_are_compare_and_set_through_the_table,
+    alike_changes_of_many_tasks_are_written_in_batches,
+    a_write_consumes_its_commands_or_nothing,
+    a_second_waiting_restart_is_refused,
+    a_workflow_with_unfinished_instances_is_not_deleted,
     a_command_becomes_an_instance_atomically,
     backfills_create_runs_in_order_within_their_parallelism,
     a_finished_backfill_is_done,
@@ -125,7 +130,40 @@ fn new_task_of(w: &WorkflowDefinition, wi: &WorkflowInstance, name: &str) -> New
         worker_group: WorkerGroup::default(),
         max_retries: 1,
         run: 1,
+        events: Vec::new(),
+        message: None,
     }
+}
+
+/// The events that take a new workflow instance to `state`.
+fn workflow_path(state: WorkflowState) -> Vec<WorkflowEvent> {
+    use WorkflowEvent as E;
+    match state {
+        WorkflowState::Submitted => vec![],
+        WorkflowState::Running => vec![E::Start],
+        WorkflowState::ReadyPause => vec![E::Start, E::Pause],
+        WorkflowState::Paused => vec![E::Start, E::Pause, E::Paused],
+        WorkflowState::ReadyStop => vec![E::Start, E::Stop],
+        WorkflowState::Stopped => vec![E::Start, E::Stop, E::Stopped],
+        WorkflowState::Success => vec![E::Start, E::Succeed],
+        WorkflowState::Failure => vec![E::Start, E::Fail],
+        WorkflowState::NeedFailover => vec![E::Start, E::OwnerLost],
+    }
+}
+
+/// Moves `wi` (as stored) to `state`, with `update`.
+async fn move_instance(store: &Arc<dyn Store>, wi: &WorkflowInstance, state: WorkflowState, update: WorkflowUpdate) -> WorkflowInstance {
+    let current = store.workflow_instance(wi.id).await.unwrap().unwrap();
+    let mut events = workflow_path(state);
+    let done = workflow_path(current.state);
+    assert!(events.starts_with(&done), "cannot go from {} to {state} in a test", current.state);
+    events.drain(..done.len());
+    store.change_workflow(current.fence(), &WorkflowChange { from: current.state, events, update }).await.unwrap()
+}
+
+/// A change of `task` by `events`.
+fn change(task: &TaskInstance, events: &[TaskEvent], update: TaskUpdate) -> TaskChange {
+    TaskChange::new(task, events.to_vec(), update)
 }
 
 async fn projects_are_unique_by_name(store: Arc<dyn Store>) {
@@ -281,6 +319,11 @@ async fn schedules_are_upserted_and_toggled(store: Arc<dyn Store>) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
+/// The start command of `schedule`'s fire at `at`.
+fn fire_of(workflow: WorkflowId, schedule: ScheduleId, at: Timestamp) -> NewCommand {
+    NewCommand::Start(StartRun { schedule_id: Some(schedule), schedule_time: Some(at), ..StartRun::of(workflow) })
+}
+
 fn every_two_seconds() -> ScheduleSpec {
     ScheduleSpec {
         trigger: Trigger::Interval { every: Duration::from_secs(2), times: None },
@@ -294,9 +337,7 @@ async fn a_fire_time_becomes_one_command(store: Arc<dyn Store>) {
     let (_, w) = workflow(&store).await;
     let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
     let fire = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
-    let mut command = NewCommand::start(w.id);
-    command.schedule_id = Some(s.id);
-    command.schedule_time = Some(fire);
+    let command = fire_of(w.id, s.id, fire);
 
     // Two would-be leaders fire the same time at once: one command results.
     let (a, b) = tokio::join!(store.insert_scheduled_command(&command), store.insert_scheduled_command(&command));
@@ -304,14 +345,12 @@ async fn a_fire_time_becomes_one_command(store: Arc<dyn Store>) {
     assert_eq!(ids.len(), 1);
     assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, Some(fire));
 
-    let mut next = command.clone();
-    next.schedule_time = Some(fire + chrono::Duration::seconds(2));
+    let next = fire_of(w.id, s.id, fire + chrono::Duration::seconds(2));
     assert!(store.insert_scheduled_command(&next).await.unwrap().is_some());
     // An older fire time never moves last_fire backwards.
-    let mut older = command.clone();
-    older.schedule_time = Some(fire - chrono::Duration::seconds(2));
+    let older = fire_of(w.id, s.id, fire - chrono::Duration::seconds(2));
     assert!(store.insert_scheduled_command(&older).await.unwrap().is_some());
-    assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, next.schedule_time);
+    assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, Some(fire + chrono::Duration::seconds(2)));
     let stored = store.unclaimed_commands().await.unwrap();
     assert_eq!(stored.len(), 3);
     assert_eq!(stored[0].spec, command);
@@ -329,10 +368,7 @@ async fn fires_of_many_schedules_are_written_together(store: Arc<dyn Store>) {
         store.save_workflow(p.id, &diamond(&format!("etl{i}"))).await.unwrap();
         let w = store.workflow(p.id, &format!("etl{i}"), None).await.unwrap().unwrap();
         let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
-        let mut command = NewCommand::start(w.id);
-        command.schedule_id = Some(s.id);
-        command.schedule_time = Some(fire);
-        commands.push(command);
+        commands.push(fire_of(w.id, s.id, fire));
         workflows.push(w.id);
     }
     // The second schedule's time was fired already (another leader).
@@ -346,7 +382,7 @@ async fn fires_of_many_schedules_are_written_together(store: Arc<dyn Store>) {
         assert_eq!(store.schedule(w).await.unwrap().unwrap().last_fire, Some(fire));
     }
     // Commands without a schedule and fire time are refused, none written.
-    let err = store.insert_scheduled_commands(&[NewCommand::start(commands[0].workflow_id)], Utc::now()).await.unwrap_err();
+    let err = store.insert_scheduled_commands(&[NewCommand::start(commands[0].workflow_id())], Utc::now()).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
@@ -357,9 +393,7 @@ async fn fires_prepared_ahead_are_published_at_their_time(store: Arc<dyn Store>)
     store.save_workflow(p.id, &diamond("etl")).await.unwrap();
     let w = store.workflow(p.id, "etl", None).await.unwrap().unwrap();
     let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
-    let mut command = NewCommand::start(w.id);
-    command.schedule_id = Some(s.id);
-    command.schedule_time = Some(Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap());
+    let command = fire_of(w.id, s.id, Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap());
     let publish_at = Utc::now() + chrono::Duration::milliseconds(800);
     let writing = tokio::spawn({
         let store = store.clone();
@@ -395,22 +429,26 @@ async fn competing_masters_claim_each_command_once(store: Arc<dyn Store>) {
                         break;
                     }
                     assert!(batch.iter().all(|c| c.owner.as_deref() == Some(owner.as_str()) && c.claimed_at.is_some()));
-                    mine.extend(batch.into_iter().map(|c| c.id));
+                    mine.extend(batch.into_iter().map(|c| (c.id, owner.clone())));
                 }
                 mine
             })
         })
         .collect();
-    let mut claimed = Vec::new();
+    let mut claims = Vec::new();
     for m in masters {
-        claimed.extend(m.await.unwrap());
+        claims.extend(m.await.unwrap());
     }
+    let claimed: Vec<CommandId> = claims.iter().map(|(id, _)| *id).collect();
     let unique: HashSet<CommandId> = claimed.iter().copied().collect();
     assert_eq!(claimed.len(), 60, "a command was claimed twice");
     assert_eq!(unique, expected);
     assert!(store.claim_commands("late", 10).await.unwrap().is_empty());
-    for id in &claimed {
-        store.delete_command(*id).await.unwrap();
+    // Only its claimer consumes a command.
+    let err = store.consume_command(claims[0].0, "somebody-else:1").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    for (id, owner) in &claims {
+        store.consume_command(*id, owner).await.unwrap();
     }
     assert_eq!(store.release_commands("master-0:5678").await.unwrap(), 0);
 }
@@ -418,21 +456,22 @@ async fn competing_masters_claim_each_command_once(store: Arc<dyn Store>) {
 async fn commands_for_an_owned_instance_go_to_its_owner(store: Arc<dyn Store>) {
     let (_, w) = workflow(&store).await;
     let running = store.create_workflow_instance(&new_instance(&w, Some("m1:5678"))).await.unwrap();
-    store.update_workflow_instance(running.fence(), &WorkflowUpdate { state: Some(WorkflowState::Running), ..Default::default() }).await.unwrap();
-    let mut stop = NewCommand::start(w.id);
-    stop.kind = CommandKind::Stop;
-    stop.workflow_instance_id = Some(running.id);
+    let running = move_instance(&store, &running, WorkflowState::Running, WorkflowUpdate::default()).await;
+    let stop = NewCommand::Stop(InstanceTarget::of(&running));
     store.insert_command(&stop).await.unwrap();
     assert!(store.claim_commands("m2:5678", 10).await.unwrap().is_empty());
     let claimed = store.claim_commands("m1:5678", 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].spec.kind, CommandKind::Stop);
+    assert_eq!(claimed[0].spec, stop);
+    // Given back (its driver was gone): claimable by the owner again.
+    store.release_command(claimed[0].id, "m2:5678").await.unwrap();
+    assert!(store.claim_commands("m1:5678", 10).await.unwrap().is_empty(), "only its claimer releases it");
+    store.release_command(claimed[0].id, "m1:5678").await.unwrap();
+    assert_eq!(store.claim_commands("m1:5678", 10).await.unwrap().len(), 1);
 
     // Once the instance is at rest, any master may take a command for it.
-    store.update_workflow_instance(running.fence(), &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap();
-    let mut rerun = stop.clone();
-    rerun.kind = CommandKind::Rerun;
-    store.insert_command(&rerun).await.unwrap();
+    move_instance(&store, &running, WorkflowState::Failure, WorkflowUpdate::default()).await;
+    store.insert_command(&NewCommand::Rerun(InstanceTarget::of(&running))).await.unwrap();
     assert_eq!(store.claim_commands("m2:5678", 10).await.unwrap().len(), 1);
 }
 
@@ -451,12 +490,15 @@ async fn released_commands_can_be_claimed_again(store: Arc<dyn Store>) {
 
 async fn submit_run_creates_instance_and_command_together(store: Arc<dyn Store>) {
     let (p, w) = workflow(&store).await;
-    let mut command = NewCommand::start(w.id);
-    command.params = [("dt".to_string(), "20260101".to_string())].into();
-    command.start_tasks = vec!["b".into()];
-    command.scope = Some(RunScope::Downstream);
+    let run = StartRun {
+        params: [("dt".to_string(), "20260101".to_string())].into(),
+        start_tasks: vec!["b".into()],
+        scope: Some(RunScope::Downstream),
+        ..StartRun::of(w.id)
+    };
+    let command = NewCommand::Start(run.clone());
     let mut instance = new_instance(&w, None);
-    instance.params = command.params.clone();
+    instance.params = run.params.clone();
     instance.start_tasks = vec!["b".into()];
     instance.scope = Some(RunScope::Downstream);
     let (wi, cmd) = store.submit_run(&instance, &command).await.unwrap();
@@ -467,9 +509,7 @@ async fn submit_run_creates_instance_and_command_together(store: Arc<dyn Store>)
     assert_eq!((stored.start_tasks.clone(), stored.scope), (vec!["b".to_string()], Some(RunScope::Downstream)));
     let claimed = store.claim_commands("m1:1", 10).await.unwrap();
     assert_eq!(claimed[0].id, cmd);
-    assert_eq!(claimed[0].spec.workflow_instance_id, Some(wi));
-    assert_eq!(claimed[0].spec.scope, Some(RunScope::Downstream));
-    assert_eq!(claimed[0].spec.start_tasks, ["b"]);
+    assert_eq!(claimed[0].spec, NewCommand::Start(StartRun { workflow_instance_id: Some(wi), ..run }));
 
     // Nothing is written when the workflow does not exist.
     let mut bad = new_instance(&w, None);
@@ -487,7 +527,7 @@ async fn instances_are_listed_newest_first_with_filters(store: Arc<dyn Store>) {
     for i in 0..12 {
         let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
         if i % 3 == 0 {
-            store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(WorkflowState::Running), ..Default::default() }).await.unwrap();
+            move_instance(&store, &wi, WorkflowState::Running, WorkflowUpdate::default()).await;
         }
         ids.push(wi.id);
     }
@@ -518,17 +558,20 @@ async fn stale_fences_are_refused(store: Arc<dyn Store>) {
     let (_, w) = workflow(&store).await;
     let wi = store.create_workflow_instance(&new_instance(&w, Some("old:1"))).await.unwrap();
     let old = wi.fence();
-    let running = store
-        .update_workflow_instance(old, &WorkflowUpdate { state: Some(WorkflowState::Running), start_time: Some(Some(Utc::now())), ..Default::default() })
-        .await
-        .unwrap();
+    let start = WorkflowChange {
+        from: WorkflowState::Submitted,
+        events: vec![WorkflowEvent::Start],
+        update: WorkflowUpdate { start_time: Some(Some(Utc::now())), ..Default::default() },
+    };
+    let running = store.change_workflow(old, &start).await.unwrap();
     assert_eq!(running.state, WorkflowState::Running);
     assert!(running.start_time.is_some());
 
     let adopted = store.adopt_workflow_instance(wi.id, "new:1").await.unwrap();
     assert_eq!((adopted.owner.as_deref(), adopted.owner_epoch), (Some("new:1"), old.epoch + 1));
 
-    let err = store.update_workflow_instance(old, &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap_err();
+    let fail = WorkflowChange { from: WorkflowState::Running, events: vec![WorkflowEvent::Fail], update: WorkflowUpdate::default() };
+    let err = store.change_workflow(old, &fail).await.unwrap_err();
     match err {
         StoreError::Fenced { workflow_instance_id, presented, current } => {
             assert_eq!((workflow_instance_id, presented, current), (wi.id, old.epoch, old.epoch + 1))
@@ -537,19 +580,22 @@ async fn stale_fences_are_refused(store: Arc<dyn Store>) {
     }
     // The refused write changed nothing; the new owner's write goes through.
     assert_eq!(store.workflow_instance(wi.id).await.unwrap().unwrap().state, WorkflowState::Running);
-    let done = store
-        .update_workflow_instance(adopted.fence(), &WorkflowUpdate { state: Some(WorkflowState::Success), end_time: Some(Some(Utc::now())), ..Default::default() })
-        .await
-        .unwrap();
+    let succeed = WorkflowChange {
+        from: WorkflowState::Running,
+        events: vec![WorkflowEvent::Succeed],
+        update: WorkflowUpdate { end_time: Some(Some(Utc::now())), ..Default::default() },
+    };
+    let done = store.change_workflow(adopted.fence(), &succeed).await.unwrap();
     assert_eq!(done.state, WorkflowState::Success);
     assert!(store.owned_workflow_instances("new:1").await.unwrap().is_empty());
 
     let missing = Fence { workflow_instance_id: WorkflowInstanceId(888_888), epoch: 1 };
-    let err = store.update_workflow_instance(missing, &WorkflowUpdate::default()).await.unwrap_err();
+    let err = store.change_workflow(missing, &succeed).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
 async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn Store>) {
+    use TaskEvent as E;
     let (_, w) = workflow(&store).await;
     let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
     let fence = wi.fence();
@@ -557,61 +603,47 @@ async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn S
         .iter()
         .map(|name| NewTaskInstance { priority: Priority::Low, max_retries: 2, ..new_task_of(&w, &wi, name) })
         .collect();
-    let tasks = store.create_task_instances(fence, &news).await.unwrap();
+    let tasks = store.create_tasks(fence, &news).await.unwrap();
     assert_eq!(tasks.len(), 2);
     assert_eq!((tasks[0].state, tasks[0].attempt, tasks[0].max_retries), (TaskState::Submitted, 1, 2));
 
     let started = Utc::now();
-    let t = store
-        .update_task_instance(fence, tasks[0].id, &TaskUpdate {
-            state: Some(TaskState::Running),
-            host: Some(Some("worker-1:1234".into())),
-            start_time: Some(Some(started)),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let update = TaskUpdate { host: Some(Some("worker-1:1234".into())), start_time: Some(Some(started)), ..Default::default() };
+    let t = store.change_task(fence, &change(&tasks[0], &[E::Dispatch, E::Start], update)).await.unwrap();
     assert_eq!((t.state, t.host.as_deref()), (TaskState::Running, Some("worker-1:1234")));
     assert_eq!(t.start_time.unwrap().timestamp_millis(), started.timestamp_millis());
-    let t = store
-        .update_task_instance(fence, tasks[0].id, &TaskUpdate {
-            state: Some(TaskState::RetryWait),
-            exit_code: Some(Some(3)),
-            retry_at: Some(Some(started + chrono::Duration::seconds(30))),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let update = TaskUpdate { exit_code: Some(Some(3)), retry_at: Some(Some(started + chrono::Duration::seconds(30))), ..Default::default() };
+    let t = store.change_task(fence, &change(&t, &[E::FailWillRetry], update)).await.unwrap();
     assert_eq!((t.state, t.exit_code, t.host.as_deref()), (TaskState::RetryWait, Some(3), Some("worker-1:1234")));
-    let t = store
-        .update_task_instance(fence, tasks[0].id, &TaskUpdate { state: Some(TaskState::Submitted), attempt: Some(2), exit_code: Some(None), host: Some(None), ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!((t.attempt, t.exit_code, t.host), (2, None, None));
+    let update = TaskUpdate { attempt: Some(2), exit_code: Some(None), host: Some(None), ..Default::default() };
+    let t = store.change_task(fence, &change(&t, &[E::RetryDue], update)).await.unwrap();
+    assert_eq!((t.state, t.attempt, t.exit_code, t.host.clone()), (TaskState::Submitted, 2, None, None));
 
-    // Several updates in one transaction: in order, and all or none.
-    let dispatched = TaskUpdate { state: Some(TaskState::Dispatched), ..Default::default() };
+    // Several changes in one transaction: in order, and all or none.
     let both = store
-        .update_task_instances(fence, &[(tasks[1].id, dispatched.clone()), (tasks[0].id, dispatched.clone())])
+        .write_run(fence, &RunWrite { tasks: vec![change(&tasks[1], &[E::Dispatch], TaskUpdate::default()), change(&t, &[E::Dispatch], TaskUpdate::default())], ..Default::default() })
         .await
-        .unwrap();
+        .unwrap()
+        .tasks;
     assert_eq!(both.iter().map(|t| (t.id, t.state)).collect::<Vec<_>>(), [(tasks[1].id, TaskState::Dispatched), (tasks[0].id, TaskState::Dispatched)]);
-    let submitted = TaskUpdate { state: Some(TaskState::Submitted), ..Default::default() };
+    let stranger = TaskChange { id: TaskInstanceId(424242), ..change(&both[1], &[E::Withdraw], TaskUpdate::default()) };
     let err = store
-        .update_task_instances(fence, &[(tasks[0].id, submitted.clone()), (TaskInstanceId(424242), submitted.clone())])
+        .write_run(fence, &RunWrite { tasks: vec![change(&both[1], &[E::Withdraw], TaskUpdate::default()), stranger], ..Default::default() })
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert_eq!(store.task_instance(tasks[0].id).await.unwrap().unwrap().state, TaskState::Dispatched, "rolled back");
-    for task in &tasks {
-        store.update_task_instance(fence, task.id, &submitted).await.unwrap();
+    for task in &both {
+        store.change_task(fence, &change(task, &[E::Withdraw], TaskUpdate::default())).await.unwrap();
     }
 
     // After adoption, the old owner can neither update nor create tasks.
     store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
-    let err = store.update_task_instance(fence, tasks[1].id, &TaskUpdate { state: Some(TaskState::Dispatched), ..Default::default() }).await.unwrap_err();
+    let current = store.task_instance(tasks[1].id).await.unwrap().unwrap();
+    let err = store.change_task(fence, &change(&current, &[E::Dispatch], TaskUpdate::default())).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
-    let err = store.create_task_instances(fence, &news[..1]).await.unwrap_err();
+    let other_news = [new_task_of(&w, &wi, "c")];
+    let err = store.create_tasks(fence, &other_news).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     let listed = store.task_instances(wi.id).await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -620,7 +652,7 @@ async fn task_instances_are_created_and_updated_under_the_fence(store: Arc<dyn S
 
     // A task of another instance cannot be written under this fence.
     let other = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
-    let err = store.update_task_instance(other.fence(), tasks[1].id, &TaskUpdate::default()).await.unwrap_err();
+    let err = store.change_task(other.fence(), &change(&current, &[E::Dispatch], TaskUpdate::default())).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
@@ -628,19 +660,28 @@ async fn task_instances_can_be_created_dispatched(store: Arc<dyn Store>) {
     let (_, w) = workflow(&store).await;
     let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
     let fence = wi.fence();
-    let new_task = |name: &str| new_task_of(&w, &wi, name);
-    let tasks = store.create_dispatched_task_instances(fence, &[new_task("a"), new_task("b")]).await.unwrap();
+    let new_task = |name: &str, events: &[TaskEvent]| NewTaskInstance { events: events.to_vec(), ..new_task_of(&w, &wi, name) };
+    let skipped = NewTaskInstance { message: Some("branch `no` not taken".into()), ..new_task("c", &[TaskEvent::Skip]) };
+    let tasks = store.create_tasks(fence, &[new_task("a", &[TaskEvent::Dispatch]), new_task("b", &[TaskEvent::Dispatch]), skipped]).await.unwrap();
     assert_eq!(tasks.iter().map(|t| (t.name.as_str(), t.state, t.attempt)).collect::<Vec<_>>(), [
         ("a", TaskState::Dispatched, 1),
-        ("b", TaskState::Dispatched, 1)
+        ("b", TaskState::Dispatched, 1),
+        ("c", TaskState::Skipped, 1),
     ]);
-    assert_eq!(store.task_instances(wi.id).await.unwrap(), tasks, "stored as returned");
+    assert_eq!(tasks[2].message.as_deref(), Some("branch `no` not taken"));
+    assert!(tasks[2].end_time.is_some(), "created final: ended when created");
+    let mut stored = store.task_instances(wi.id).await.unwrap();
+    stored.sort_by_key(|t| t.id);
+    assert_eq!(stored, tasks, "stored as returned");
+    // A path the transition table refuses creates nothing.
+    let err = store.create_tasks(fence, &[new_task("d", &[TaskEvent::Start])]).await.unwrap_err();
+    assert!(matches!(&err, StoreError::StaleState(m) if m.contains("`Start` is not allowed in state `submitted`")), "{err}");
 
     // Under the same fence as any other write: a stale owner creates nothing.
     store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
-    let err = store.create_dispatched_task_instances(fence, &[new_task("c")]).await.unwrap_err();
+    let err = store.create_tasks(fence, &[new_task("d", &[TaskEvent::Dispatch])]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
-    assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 2);
+    assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 3);
 }
 
 /// A task's end and the tasks it unblocks are one commit: both or neither.
@@ -648,13 +689,14 @@ async fn task_updates_and_their_successors_are_written_together(store: Arc<dyn S
     let (_, w) = workflow(&store).await;
     let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
     let fence = wi.fence();
-    let new_task = |name: &str| new_task_of(&w, &wi, name);
-    let a = store.create_dispatched_task_instances(fence, &[new_task("a")]).await.unwrap().remove(0);
-    let succeeded = TaskUpdate { state: Some(TaskState::Success), exit_code: Some(Some(0)), ..Default::default() };
-    let (updated, created) = store
-        .update_and_create_dispatched(fence, &[(a.id, succeeded.clone())], &[new_task("b"), new_task("c")])
+    let new_task = |name: &str| NewTaskInstance { events: vec![TaskEvent::Dispatch], ..new_task_of(&w, &wi, name) };
+    let a = store.create_tasks(fence, &[new_task("a")]).await.unwrap().remove(0);
+    let succeeded = |t: &TaskInstance| change(t, &[TaskEvent::Succeed], TaskUpdate { exit_code: Some(Some(0)), ..Default::default() });
+    let written = store
+        .write_run(fence, &RunWrite { tasks: vec![succeeded(&a)], create: vec![new_task("b"), new_task("c")], ..Default::default() })
         .await
         .unwrap();
+    let (updated, created) = (written.tasks, written.created);
     assert_eq!(updated.iter().map(|t| (t.name.as_str(), t.state)).collect::<Vec<_>>(), [("a", TaskState::Success)]);
     assert_eq!(created.iter().map(|t| (t.name.as_str(), t.state)).collect::<Vec<_>>(), [
         ("b", TaskState::Dispatched),
@@ -666,17 +708,167 @@ async fn task_updates_and_their_successors_are_written_together(store: Arc<dyn S
 
     // An update of a row that is not the instance's fails the whole write:
     // the successor it came with is not created.
-    let stranger = TaskInstanceId(stored.iter().map(|t| t.id.get()).max().unwrap() + 1000);
-    let err = store.update_and_create_dispatched(fence, &[(stranger, succeeded.clone())], &[new_task("d")]).await.unwrap_err();
+    let stranger = TaskChange { id: TaskInstanceId(stored.iter().map(|t| t.id.get()).max().unwrap() + 1000), ..succeeded(&created[0]) };
+    let err = store.write_run(fence, &RunWrite { tasks: vec![stranger], create: vec![new_task("d")], ..Default::default() }).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 3, "nothing half-written");
     // A stale owner writes nothing.
     store.adopt_workflow_instance(wi.id, "m2:1").await.unwrap();
-    let err = store.update_and_create_dispatched(fence, &[(created[0].id, succeeded)], &[new_task("d")]).await.unwrap_err();
+    let err = store.write_run(fence, &RunWrite { tasks: vec![succeeded(&created[0])], create: vec![new_task("d")], ..Default::default() }).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     let after = store.task_instances(wi.id).await.unwrap();
     assert_eq!(after.len(), 3);
     assert!(after.iter().all(|t| t.name != "b" || t.state == TaskState::Dispatched));
+}
+
+/// Every state write names the state it expects and goes through the
+/// table: a stale expectation or a move the table refuses writes nothing.
+async fn state_changes_are_compare_and_set_through_the_table(store: Arc<dyn Store>) {
+    use TaskEvent as E;
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let created = store
+        .create_tasks(fence, &[NewTaskInstance { events: vec![E::Dispatch], ..new_task_of(&w, &wi, "a") }, new_task_of(&w, &wi, "b")])
+        .await
+        .unwrap();
+    let (a, b) = (&created[0], &created[1]);
+    let running = store.change_task(fence, &change(a, &[E::Start], TaskUpdate::default())).await.unwrap();
+    // Tried: the same `running` again from `dispatched` (a stale copy).
+    let err = store.change_task(fence, &change(a, &[E::Start], TaskUpdate::default())).await.unwrap_err();
+    assert!(matches!(&err, StoreError::StaleState(m) if m.contains("is `running`, expected `dispatched`")), "{err}");
+    // Tried: `success` straight from `submitted`, which the table forbids.
+    let err = store.change_task(fence, &change(b, &[E::Succeed], TaskUpdate::default())).await.unwrap_err();
+    assert!(matches!(&err, StoreError::StaleState(m) if m.contains("`Succeed` is not allowed in state `submitted`")), "{err}");
+    // Tried: a good change with a bad one in one write: neither is written.
+    let err = store
+        .write_run(fence, &RunWrite {
+            tasks: vec![change(&running, &[E::Succeed], TaskUpdate { exit_code: Some(Some(0)), ..Default::default() }), change(b, &[E::Start], TaskUpdate::default())],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleState(_)), "{err}");
+    assert_eq!(store.task_instance(a.id).await.unwrap().unwrap().state, TaskState::Running, "rolled back");
+    // Fields only (no events) still check the state.
+    let noted = store.change_task(fence, &change(&running, &[], TaskUpdate { kill_reason: Some(Some("operator".into())), ..Default::default() })).await.unwrap();
+    assert_eq!((noted.state, noted.kill_reason.as_deref()), (TaskState::Running, Some("operator")));
+    let branches = TaskUpdate { branches: Some(Some(vec!["yes".into()])), external_id: Some(Some("application_1_0001".into())), ..Default::default() };
+    let done = store.change_task(fence, &change(&noted, &[E::Succeed], branches)).await.unwrap();
+    assert_eq!((done.branches.clone(), done.external_id.as_deref()), (Some(vec!["yes".to_string()]), Some("application_1_0001")));
+    assert_eq!(store.task_instance(a.id).await.unwrap().unwrap(), done, "read back as written");
+    // The workflow instance too.
+    let wrong = WorkflowChange { from: WorkflowState::Running, events: vec![WorkflowEvent::Succeed], update: WorkflowUpdate::default() };
+    let err = store.change_workflow(fence, &wrong).await.unwrap_err();
+    assert!(matches!(&err, StoreError::StaleState(m) if m.contains("is `submitted`, expected `running`")), "{err}");
+    let refused = WorkflowChange { from: WorkflowState::Submitted, events: vec![WorkflowEvent::Succeed], update: WorkflowUpdate::default() };
+    let err = store.change_workflow(fence, &refused).await.unwrap_err();
+    assert!(matches!(&err, StoreError::StaleState(m) if m.contains("not allowed")), "{err}");
+    let reason = WorkflowUpdate { reason: Some(Some("workflow 3 version 1 is gone".into())), ..Default::default() };
+    let failed = store
+        .change_workflow(fence, &WorkflowChange { from: WorkflowState::Submitted, events: vec![WorkflowEvent::Start, WorkflowEvent::Fail], update: reason })
+        .await
+        .unwrap();
+    assert_eq!((failed.state, failed.reason.as_deref()), (WorkflowState::Failure, Some("workflow 3 version 1 is gone")));
+}
+
+/// A stop of a wide instance kills thousands of tasks with one write: alike
+/// changes go as a few statements, rows come back in the write's order.
+async fn alike_changes_of_many_tasks_are_written_in_batches(store: Arc<dyn Store>) {
+    let p = project(&store, "demo").await;
+    let tasks: Vec<TaskSpec> = (0..2500).map(|i| task(&format!("t{i:04}"), &[])).collect();
+    let spec = WorkflowSpec { tasks, ..diamond("wide") };
+    store.save_workflow(p.id, &spec).await.unwrap();
+    let w = store.workflow(p.id, "wide", None).await.unwrap().unwrap();
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let news: Vec<NewTaskInstance> = w.tasks.iter().map(|t| NewTaskInstance { events: vec![TaskEvent::Dispatch], ..new_task_of(&w, &wi, &t.spec.name) }).collect();
+    let created = store.create_tasks(fence, &news).await.unwrap();
+    assert_eq!(created.len(), 2500);
+    assert!(created.iter().zip(&news).all(|(t, n)| t.name == n.name), "created rows come back in the write's order");
+    let now = Utc::now();
+    // One in ten is running (a different change); the rest were queued.
+    let mut changes: Vec<TaskChange> = created
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let events = if i % 10 == 0 { vec![TaskEvent::Start, TaskEvent::Kill] } else { vec![TaskEvent::Kill] };
+            change(t, &events, TaskUpdate { end_time: Some(Some(now)), message: Some(Some("workflow instance stopped".into())), ..Default::default() })
+        })
+        .collect();
+    changes.reverse();
+    let killed = store.write_run(fence, &RunWrite { tasks: changes.clone(), ..Default::default() }).await.unwrap().tasks;
+    assert_eq!(killed.iter().map(|t| t.id).collect::<Vec<_>>(), changes.iter().map(|c| c.id).collect::<Vec<_>>());
+    assert!(killed.iter().all(|t| t.state == TaskState::Killed && t.end_time.is_some()));
+    assert!(store.task_instances(wi.id).await.unwrap().iter().all(|t| t.state == TaskState::Killed));
+}
+
+/// A command carried out by a write is deleted by that write, or neither
+/// happens.
+async fn a_write_consumes_its_commands_or_nothing(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m1:1"))).await.unwrap();
+    let wi = move_instance(&store, &wi, WorkflowState::Running, WorkflowUpdate::default()).await;
+    let stop = store.insert_command(&NewCommand::Stop(InstanceTarget::of(&wi))).await.unwrap();
+    let pause = store.insert_command(&NewCommand::Pause(InstanceTarget::of(&wi))).await.unwrap();
+    assert_eq!(store.claim_commands("m1:1", 1).await.unwrap()[0].id, stop);
+    let stopping = RunWrite {
+        workflow: Some(WorkflowChange { from: WorkflowState::Running, events: vec![WorkflowEvent::Stop], update: WorkflowUpdate::default() }),
+        consume: vec![stop, pause],
+        ..Default::default()
+    };
+    // Tried: consuming a command nobody claimed (`pause`) with the stop.
+    let err = store.write_run(wi.fence(), &stopping).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(store.workflow_instance(wi.id).await.unwrap().unwrap().state, WorkflowState::Running, "the stop was not written");
+    let written = store.write_run(wi.fence(), &RunWrite { consume: vec![stop], ..stopping }).await.unwrap();
+    assert_eq!(written.workflow.unwrap().state, WorkflowState::ReadyStop);
+    assert_eq!(store.unclaimed_commands().await.unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [pause], "the stop is consumed");
+}
+
+/// A second restart of one instance while one waits is refused by the
+/// database, however the two callers race.
+async fn a_second_waiting_restart_is_refused(store: Arc<dyn Store>) {
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m1:1"))).await.unwrap();
+    let wi = move_instance(&store, &wi, WorkflowState::Failure, WorkflowUpdate::default()).await;
+    let target = InstanceTarget::of(&wi);
+    let restarts = [NewCommand::Rerun(target), NewCommand::Recover { target, force_success: vec!["b".into()] }, NewCommand::Resume(target)];
+    let (r0, r1, r2) = tokio::join!(store.insert_command(&restarts[0]), store.insert_command(&restarts[1]), store.insert_command(&restarts[2]));
+    let results = [r0, r1, r2];
+    let ok: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(err, StoreError::Conflict(m) if m.contains(&format!("workflow instance {} already has a restart queued", wi.id))), "{err}");
+    }
+    // Claimed but not consumed, it still counts; other kinds are not held up.
+    let first = store.claim_commands("m1:1", 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.insert_command(&NewCommand::Rerun(target)).await.is_err());
+    store.insert_command(&NewCommand::Stop(target)).await.unwrap();
+    store.insert_command(&NewCommand::Stop(target)).await.unwrap();
+    let kept = store.claim_commands("m1:1", 10).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|c| c.spec == NewCommand::Stop(target)));
+    // Once consumed, a new restart may be queued.
+    store.consume_command(first[0].id, "m1:1").await.unwrap();
+    store.insert_command(&NewCommand::Rerun(target)).await.unwrap();
+}
+
+/// Deleting a workflow while some of its runs go on would leave them
+/// without a definition to run: refused, naming them, nothing deleted.
+async fn a_workflow_with_unfinished_instances_is_not_deleted(store: Arc<dyn Store>) {
+    let (p, w) = workflow(&store).await;
+    let live = store.create_workflow_instance(&new_instance(&w, Some("m1:1"))).await.unwrap();
+    let live = move_instance(&store, &live, WorkflowState::Running, WorkflowUpdate::default()).await;
+    let done = store.create_workflow_instance(&new_instance(&w, Some("m1:1"))).await.unwrap();
+    move_instance(&store, &done, WorkflowState::Success, WorkflowUpdate::default()).await;
+    let err = store.delete_workflow(w.id).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains(&format!("{} (running)", live.id)) && !m.contains(&format!("{} (", done.id))), "{err}");
+    assert!(store.workflow(p.id, "etl", None).await.unwrap().is_some(), "nothing deleted");
+    move_instance(&store, &live, WorkflowState::Stopped, WorkflowUpdate::default()).await;
+    assert!(store.delete_workflow(w.id).await.unwrap());
+    assert!(store.workflow_instance(done.id).await.unwrap().is_some(), "finished runs stay");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,13 +923,23 @@ async fn a_command_becomes_an_instance_atomically(store: Arc<dyn Store>) {
     assert!(store.unclaimed_commands().await.unwrap().is_empty());
     assert!(store.claim_commands("m1:1", 10).await.unwrap().is_empty(), "the command is gone");
 
-    // A pre-created instance is adopted and its command consumed together.
+    // A pre-created instance is adopted and its command consumed together,
+    // with the write that starts it, under the new epoch.
     let (pre, cmd) = store.submit_run(&new_instance(&w, None), &NewCommand::start(w.id)).await.unwrap();
     store.claim_commands("m2:1", 10).await.unwrap();
-    let adopted = store.adopt_instance_for_command(cmd, pre, "m2:1").await.unwrap();
-    assert_eq!((adopted.owner.as_deref(), adopted.owner_epoch), (Some("m2:1"), 2));
-    let err = store.adopt_instance_for_command(cmd, pre, "m2:1").await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let start = RunWrite {
+        workflow: Some(WorkflowChange { from: WorkflowState::Submitted, events: vec![WorkflowEvent::Start], update: WorkflowUpdate::default() }),
+        ..Default::default()
+    };
+    // Tried: expecting another state than the instance is in: nothing happens.
+    let err = store.adopt_for_command(cmd, pre, "m2:1", WorkflowState::Failure, &start).await.unwrap_err();
+    assert!(matches!(&err, StoreError::StaleState(m) if m.contains("is `submitted`, expected `failure`")), "{err}");
+    assert_eq!(store.workflow_instance(pre).await.unwrap().unwrap().owner_epoch, 1, "the refused adoption was rolled back");
+    let (adopted, written) = store.adopt_for_command(cmd, pre, "m2:1", WorkflowState::Submitted, &start).await.unwrap();
+    assert_eq!((adopted.owner.as_deref(), adopted.owner_epoch, adopted.state), (Some("m2:1"), 2, WorkflowState::Running));
+    assert_eq!(written.workflow.as_ref(), Some(&adopted));
+    let err = store.adopt_for_command(cmd, pre, "m2:1", WorkflowState::Running, &RunWrite::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "the command is consumed: {err}");
     assert_eq!(store.workflow_instance(pre).await.unwrap().unwrap().owner_epoch, 2, "the refused adoption was rolled back");
 }
 
@@ -766,16 +968,15 @@ async fn backfills_create_runs_in_order_within_their_parallelism(store: Arc<dyn 
     assert_eq!(store.claim_commands("m:1", 10).await.unwrap().len(), 2, "each run has its start command");
     // Finish one run: exactly one more is created.
     let done = &runs[0];
-    store.adopt_workflow_instance(done.id, "m:1").await.unwrap();
-    let fence = store.workflow_instance(done.id).await.unwrap().unwrap().fence();
-    store.update_workflow_instance(fence, &WorkflowUpdate { state: Some(WorkflowState::Success), ..Default::default() }).await.unwrap();
+    let adopted = store.adopt_workflow_instance(done.id, "m:1").await.unwrap();
+    move_instance(&store, &adopted, WorkflowState::Success, WorkflowUpdate::default()).await;
     assert_eq!(store.advance_backfills().await.unwrap().len(), 1);
     assert_eq!(store.backfill(backfill.id).await.unwrap().unwrap().created_runs, 3);
 
     // Stopping: no new runs, a stop command for each unfinished one.
     let stopped = store.stop_backfill(backfill.id).await.unwrap();
     assert_eq!(stopped.state, BackfillState::Stopped);
-    let stops: Vec<Command> = store.unclaimed_commands().await.unwrap().into_iter().filter(|c| c.spec.kind == CommandKind::Stop).collect();
+    let stops: Vec<Command> = store.unclaimed_commands().await.unwrap().into_iter().filter(|c| c.spec.kind() == CommandKind::Stop).collect();
     assert_eq!(stops.len(), 2);
     assert!(store.advance_backfills().await.unwrap().is_empty());
     let again = store.stop_backfill(backfill.id).await.unwrap_err();
@@ -798,7 +999,7 @@ async fn a_finished_backfill_is_done(store: Arc<dyn Store>) {
         .unwrap();
     let run = store.advance_backfills().await.unwrap()[0];
     let wi = store.adopt_workflow_instance(run, "m:1").await.unwrap();
-    store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(WorkflowState::Failure), ..Default::default() }).await.unwrap();
+    move_instance(&store, &wi, WorkflowState::Failure, WorkflowUpdate::default()).await;
     assert!(store.advance_backfills().await.unwrap().is_empty());
     assert_eq!(store.backfill(backfill.id).await.unwrap().unwrap().state, BackfillState::Done);
 }
@@ -807,9 +1008,9 @@ async fn a_finished_backfill_is_done(store: Arc<dyn Store>) {
 async fn history_row(store: &Arc<dyn Store>, w: &WorkflowDefinition, state: WorkflowState, ended_days_ago: Option<i64>) -> (WorkflowInstanceId, TaskInstanceId) {
     let wi = store.create_workflow_instance(&new_instance(w, Some("m:1"))).await.unwrap();
     let new_task = NewTaskInstance { max_retries: 0, ..new_task_of(w, &wi, &w.tasks[0].spec.name) };
-    let task = store.create_task_instances(wi.fence(), &[new_task]).await.unwrap()[0].id;
+    let task = store.create_tasks(wi.fence(), &[new_task]).await.unwrap()[0].id;
     let end = ended_days_ago.map(|d| Utc::now() - chrono::Duration::days(d));
-    store.update_workflow_instance(wi.fence(), &WorkflowUpdate { state: Some(state), end_time: Some(end), ..Default::default() }).await.unwrap();
+    move_instance(store, &wi, state, WorkflowUpdate { end_time: Some(end), ..Default::default() }).await;
     (wi.id, task)
 }
 

@@ -19,6 +19,22 @@ use sluice_domain::{SpecError, TaskDispatch, TaskSpec, WorkflowSpec};
 
 pub use crate::script::ScriptPlugin;
 
+/// Where a task type's attempts run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Placement {
+    /// An OS process group a worker starts (shell, python, spark-submit,
+    /// hive): it takes a worker slot, and dies with its worker.
+    #[default]
+    Process,
+    /// Inside a worker's own process (SQL, HTTP): queued and watched like a
+    /// process, run without one.
+    Worker,
+    /// Inside the master, as part of the run's state machine (sub-workflow,
+    /// dependent, conditions, switch): never queued, never a worker slot,
+    /// never a thread of its own.
+    Master,
+}
+
 /// One task type.
 ///
 /// Errors are plain messages for people (the API shows them, the worker
@@ -41,6 +57,26 @@ pub trait TaskPlugin: Send + Sync {
     /// [`ProcessSpec::files`] are written), passed so that command lines can
     /// name files by absolute path and error messages point somewhere real.
     fn prepare(&self, dispatch: &TaskDispatch, workdir: &Path) -> Result<ProcessSpec, String>;
+
+    /// Where its attempts run; the master dispatches, watches, pauses and
+    /// kills each placement in its own way.
+    fn placement(&self) -> Placement {
+        Placement::Process
+    }
+
+    /// An id the attempt's own system gave it (a YARN application id),
+    /// found in one line of the attempt's output; the worker reports it and
+    /// the master keeps it for [`TaskPlugin::kill_command`].
+    fn external_id(&self, _line: &str) -> Option<String> {
+        None
+    }
+
+    /// What stops the attempt's work in its own system once its processes
+    /// are killed (`yarn application -kill <id>`), given the id it reported;
+    /// `None`: killing the processes is enough.
+    fn kill_command(&self, _external_id: &str) -> Option<ProcessSpec> {
+        None
+    }
 }
 
 /// What a worker runs for one attempt.
@@ -136,6 +172,11 @@ impl TaskPlugins {
         self.plugins
             .get(task_type.to_ascii_lowercase().as_str())
             .map(|plugin| plugin.as_ref())
+    }
+
+    /// Where tasks of `task_type` run (`None`: an unknown type).
+    pub fn placement(&self, task_type: &str) -> Option<Placement> {
+        self.get(task_type).map(|p| p.placement())
     }
 
     /// The known type names, sorted.
