@@ -14,9 +14,13 @@ use tokio::sync::Mutex;
 /// How long a listing answers for a group.
 pub(crate) const FRESH: Duration = Duration::from_millis(900);
 
+/// A group's last listing and when it was taken; its lock is held while
+/// one driver lists, so that the others wait for that listing.
+type Listing = Arc<Mutex<Option<(Instant, Arc<HashSet<String>>)>>>;
+
 #[derive(Default)]
 pub(crate) struct QueueListings {
-    groups: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<(Instant, Arc<HashSet<String>>)>>>>>,
+    groups: std::sync::Mutex<HashMap<String, Listing>>,
     /// Listings taken from the registry, for tests and metrics.
     taken: std::sync::atomic::AtomicU64,
 }

@@ -71,7 +71,8 @@ impl RunView<'_> {
     /// Whether new tasks may start (or be skipped): not halted, and no
     /// failure under the `end` strategy.
     pub fn may_start(&self) -> bool {
-        !self.halted && !(self.failure_strategy == FailureStrategy::End && self.has_failure())
+        let ended = self.failure_strategy == FailureStrategy::End && self.has_failure();
+        !self.halted && !ended
     }
 
     /// Selected tasks not created yet whose inputs are all decided, split

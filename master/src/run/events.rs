@@ -58,7 +58,7 @@ impl RunMachine {
                     end_time: Some(Some(at)),
                     message: Some(Some(finished.reason.clone())),
                     kill_reason: Some(None),
-                    host: (!known_host).then(|| Some(worker)),
+                    host: (!known_host).then_some(Some(worker)),
                     ..Default::default()
                 };
                 match finished.outcome {

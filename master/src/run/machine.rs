@@ -35,6 +35,9 @@ pub(crate) struct RunSetup {
 }
 
 /// A task's row, as far as the machine knows.
+// Nearly every slot of a live run is a `Row`: boxing it would cost an
+// allocation per task and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(super) enum Slot {
     /// Not created in this run (or a row of an earlier run to run again).
@@ -282,7 +285,8 @@ impl RunMachine {
 
     /// Whether new tasks may start (or be skipped).
     pub(super) fn may_start(&self) -> bool {
-        !self.stopping && !self.pausing && !(self.instance.failure_strategy == FailureStrategy::End && self.has_failure())
+        let ended = self.instance.failure_strategy == FailureStrategy::End && self.has_failure();
+        !self.stopping && !self.pausing && !ended
     }
 
     /// `node` now satisfies: its outgoing edges are decided.

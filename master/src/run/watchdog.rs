@@ -159,12 +159,12 @@ impl RunMachine {
                     }
                     _ => {}
                 },
-                (TaskState::Dispatched, None) if !self.unqueued.contains(&node) && !self.uncertain.contains_key(&node) => {
-                    if elapsed(row.updated_at, now) > patience {
-                        let key = self.queue_key(node).expect("a row").encode();
-                        if world.queued(row.worker_group.as_str()).is_some_and(|keys| !keys.contains(&key)) {
-                            lost.push((node, "taken from the queue but never reported running".into()));
-                        }
+                (TaskState::Dispatched, None)
+                    if !self.unqueued.contains(&node) && !self.uncertain.contains_key(&node) && elapsed(row.updated_at, now) > patience =>
+                {
+                    let key = self.queue_key(node).expect("a row").encode();
+                    if world.queued(row.worker_group.as_str()).is_some_and(|keys| !keys.contains(&key)) {
+                        lost.push((node, "taken from the queue but never reported running".into()));
                     }
                 }
                 _ => {}
