@@ -126,6 +126,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     documented_routes().into_openapi()
 }
 
+/// The largest request body the API reads: a workflow definition may
+/// carry big scripts (they never go through the registry: a queue entry
+/// holds only the attempt's key). Larger bodies get 413.
+pub const MAX_REQUEST_BODY: usize = 64 << 20;
+
 /// The API's routes, without a listener.
 fn router(store: Arc<dyn Store>, plugins: TaskPlugins, log_store: Option<Arc<dyn LogStore>>, commands: routes::CommandSignal) -> Router {
     let (router, document) = documented_routes().split_for_parts();
@@ -136,6 +141,7 @@ fn router(store: Arc<dyn Store>, plugins: TaskPlugins, log_store: Option<Arc<dyn
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn(log_request))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(AppState { store, plugins: Arc::new(plugins), logs: logs::LogAccess::new(log_store), commands })
 }
 

@@ -201,6 +201,12 @@ impl Sandbox {
         }
     }
 
+    /// A registry session of its own (a new one in a cluster): to look at
+    /// what the roles keep there.
+    pub async fn registry_session(&mut self) -> Arc<dyn Registry> {
+        self.connect().await.1
+    }
+
     pub async fn add_master(&mut self) {
         self.start_master("127.0.0.1:0", |registry| registry, None).await;
     }

@@ -5,6 +5,7 @@
 
 mod commands;
 mod cron;
+mod dispatches;
 mod driver;
 mod failover;
 mod listings;
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub plugins: TaskPlugins,
     /// Queue listings shared by the drivers' watchdogs.
     pub queue_listings: listings::QueueListings,
+    /// Dispatches of queued attempts, until their worker fetches them.
+    pub dispatches: dispatches::Board,
 }
 
 /// What resolving a task's parameters needs to know about its run: the
@@ -151,6 +154,12 @@ impl Master {
         self.shared.as_ref().map_or(0, |s| s.queue_listings.taken())
     }
 
+    /// Dispatches waiting for their worker to fetch them (queued attempts
+    /// not reported yet).
+    pub fn dispatches_posted(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.dispatches.len())
+    }
+
     /// Workflow instances driven right now.
     pub fn driven_instances(&self) -> Vec<WorkflowInstanceId> {
         self.shared.as_ref().map_or_else(Vec::new, |s| s.drivers.lock().expect("drivers lock").keys().copied().collect())
@@ -185,6 +194,7 @@ impl Role for Master {
             log_store: self.log_store.clone(),
             plugins: self.plugins.clone(),
             queue_listings: listings::QueueListings::default(),
+            dispatches: dispatches::Board::default(),
         });
 
         let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));

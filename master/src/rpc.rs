@@ -1,4 +1,5 @@
-//! The master's gRPC service: task events from workers.
+//! The master's gRPC service: task events from workers, and the
+//! dispatches of the attempts they take.
 
 use std::sync::Arc;
 
@@ -6,12 +7,13 @@ use chrono::{TimeZone, Utc};
 use sluice_domain::{TaskInstanceId, WorkflowInstanceId};
 use sluice_proto::v1::master_service_server::MasterService;
 use sluice_proto::v1::task_event_request::Event;
-use sluice_proto::v1::{AttemptRef, CheckAttemptsReply, CheckAttemptsRequest, TaskEventReply, TaskEventRequest, TaskOutcome};
+use sluice_proto::v1::fetch_task_reply::Answer;
+use sluice_proto::v1::{AttemptRef, CheckAttemptsReply, CheckAttemptsRequest, FetchTaskReply, FetchTaskRequest, TaskEventReply, TaskEventRequest, TaskOutcome};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::driver::DriverMsg;
-use crate::run::{Finished, Outcome, Report, TaskReport};
+use crate::run::{Fetched, Finished, Outcome, Report, TaskReport};
 use crate::Shared;
 
 /// A worker's event as the run machine reads it: decoded once, here.
@@ -89,8 +91,60 @@ impl MasterRpc {
     }
 }
 
+impl MasterRpc {
+    /// A fetch for an instance this master does not drive: stale if the
+    /// attempt can no longer run, the owner's address if another master
+    /// owns it, UNAVAILABLE if this master owns it and is not driving it
+    /// yet (the worker asks again).
+    async fn fetch_for_undriven(&self, request: &FetchTaskRequest) -> Result<Answer, Status> {
+        let store = &self.shared.store;
+        let unavailable = |e: sluice_storage::StoreError| Status::unavailable(e.to_string());
+        let id = WorkflowInstanceId(request.workflow_instance_id);
+        let Some(instance) = store.workflow_instance(id).await.map_err(unavailable)? else {
+            return Ok(Answer::Stale(format!("workflow instance {id} does not exist")));
+        };
+        if instance.state.is_final() {
+            return Ok(Answer::Stale(format!("workflow instance {id} is {}", instance.state)));
+        }
+        let task = store.task_instance(TaskInstanceId(request.task_instance_id)).await.map_err(unavailable)?;
+        match task {
+            Some(t) if t.workflow_instance_id == id && t.attempt == request.attempt && !t.state.is_final() => {}
+            _ => return Ok(Answer::Stale(format!("attempt {} of task instance {} is not current", request.attempt, request.task_instance_id))),
+        }
+        match instance.owner.filter(|o| *o != self.shared.addr) {
+            Some(owner) => Ok(Answer::Owner(owner)),
+            None => Err(Status::unavailable(format!("master {} does not drive workflow instance {id} yet", self.shared.addr))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl MasterService for MasterRpc {
+    async fn fetch_task(&self, request: Request<FetchTaskRequest>) -> Result<Response<FetchTaskReply>, Status> {
+        let request = request.into_inner();
+        let (id, task) = (WorkflowInstanceId(request.workflow_instance_id), TaskInstanceId(request.task_instance_id));
+        if let Some(dispatch) = self.shared.dispatches.get(id, task, request.attempt) {
+            return Ok(Response::new(FetchTaskReply { answer: Some(Answer::Dispatch(dispatch.to_json())) }));
+        }
+        let answer = match self.shared.driver(id) {
+            Some(driver) => {
+                let (reply, replied) = oneshot::channel();
+                let asked = driver.send(DriverMsg::Fetch { task, attempt: request.attempt, reply }).is_ok();
+                match (asked, replied.await) {
+                    (true, Ok(Fetched::Found(dispatch))) => Answer::Dispatch(dispatch.to_json()),
+                    (true, Ok(Fetched::Stale(why))) => Answer::Stale(why),
+                    // The driver ended meanwhile: the store knows.
+                    _ => self.fetch_for_undriven(&request).await?,
+                }
+            }
+            None => self.fetch_for_undriven(&request).await?,
+        };
+        if let Answer::Stale(why) = &answer {
+            tracing::info!(workflow_instance = %id, task_instance = %task, attempt = request.attempt, worker = %request.worker, reason = %why, "fetch of a stale attempt");
+        }
+        Ok(Response::new(FetchTaskReply { answer: Some(answer) }))
+    }
+
     async fn check_attempts(&self, request: Request<CheckAttemptsRequest>) -> Result<Response<CheckAttemptsReply>, Status> {
         let mut stale = Vec::new();
         for attempt in request.into_inner().attempts {

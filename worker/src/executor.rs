@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::fetch::{self, NotRun, Payload};
 use crate::logs::{self, LogWriter};
 use crate::running::{StopCause, TaskAttempt};
 use crate::Shared;
@@ -72,17 +73,35 @@ pub(crate) async fn run(
     permit: OwnedSemaphorePermit,
 ) {
     let _permit = permit;
-    let dispatch = match TaskDispatch::from_json(&item.payload) {
-        Ok(dispatch) => dispatch,
+    let payload = match Payload::decode(&item.payload) {
+        Ok(payload) => payload,
         Err(error) => return report_undecodable(&shared, &group, &item, &error),
     };
+    let ticket = payload.ticket();
     let attempt = TaskAttempt {
-        task_instance_id: dispatch.task_instance_id,
-        attempt: dispatch.attempt,
+        task_instance_id: ticket.task_instance_id,
+        attempt: ticket.attempt,
     };
-    let Some((_running, stop)) = shared.running.start(attempt) else {
-        warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, key = %item.key, "attempt is running or ran here; ignoring the duplicate queue entry");
+    let Some((_running, mut stop)) = shared.running.start(attempt) else {
+        warn!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, key = %item.key, "attempt is running or ran here; ignoring the duplicate queue entry");
         return;
+    };
+    let dispatch = match payload {
+        Payload::Dispatch(dispatch) => dispatch,
+        Payload::Ticket(ticket) => {
+            let fetched = tokio::select! {
+                fetched = fetch::dispatch(&shared, &ticket) => fetched,
+                // Stopped before it started: nothing ran, and the master
+                // settles the attempt (its watchdog sees it taken and
+                // never reported running).
+                _ = &mut stop => return warn!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, "stopped while fetching the dispatch; not run"),
+            };
+            match fetched {
+                Ok(dispatch) => dispatch,
+                Err(NotRun::Stale(why)) => return info!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, reason = %why, "attempt is stale; not run"),
+                Err(error) => return error!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, key = %item.key, %error, "cannot get the attempt's dispatch; not run (its master queues a new attempt)"),
+            }
+        }
     };
     info!(workflow_instance = %dispatch.workflow_instance_id, task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, task = %dispatch.task, task_type = %dispatch.task_type, %group, "task taken");
     // A bug in a runner must still end the attempt with a report, or the

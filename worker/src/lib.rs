@@ -15,6 +15,7 @@
 //! dispatch into a process description.
 
 mod executor;
+mod fetch;
 mod host;
 mod logs;
 mod orphans;

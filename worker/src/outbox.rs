@@ -39,6 +39,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed attempts on one master before asking the live ones.
 const ASK_OTHERS_AFTER: u32 = 3;
+/// The largest dispatch a worker reads (gRPC's default is 4 MB; the API
+/// takes definitions up to 64 MB).
+const MAX_DISPATCH: usize = 96 << 20;
 /// Events of different tasks in flight to one master at most.
 const LANES: usize = 16;
 
@@ -71,13 +74,14 @@ impl Outbox {
         })
     }
 
-    fn client(&self, master: &str) -> Option<MasterServiceClient<Channel>> {
+    pub(crate) fn client(&self, master: &str) -> Option<MasterServiceClient<Channel>> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(master) {
             return Some(client.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{master}")).ok()?;
-        let client = MasterServiceClient::new(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT).connect_lazy());
+        let client = MasterServiceClient::new(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT).connect_lazy())
+            .max_decoding_message_size(MAX_DISPATCH);
         clients.insert(master.to_owned(), client.clone());
         Some(client)
     }
@@ -91,7 +95,7 @@ impl Outbox {
     }
 
     /// Live masters other than `except`.
-    async fn live_masters(&self, except: &str) -> Vec<String> {
+    pub(crate) async fn live_masters(&self, except: &str) -> Vec<String> {
         match self.registry.members(&paths::masters_dir()).await {
             Ok(members) => members.into_iter().map(|m| m.name).filter(|m| m != except).collect(),
             Err(_) => Vec::new(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice_config::WorkerConfig;
 use sluice_domain::{
-    Params, Priority, QueueKey, TaskDispatch, TaskInstanceId, TaskType, TimeoutStrategy,
+    Params, Priority, QueueKey, QueueTicket, TaskDispatch, TaskInstanceId, TaskType, TimeoutStrategy,
     WorkerHeartbeat, WorkflowInstanceId,
 };
 use sluice_proto::v1::master_service_server::{MasterService, MasterServiceServer};
@@ -39,7 +39,22 @@ fn init_tracing() {
 // ---------------------------------------------------------------------------
 // A master that records events
 
+/// The dispatches the tests queued tickets for, by (master, task instance,
+/// attempt): what a master's board holds.
+static POSTED: std::sync::Mutex<Vec<TaskDispatch>> = std::sync::Mutex::new(Vec::new());
+
+fn posted(master: &str, task: i64, attempt: u32) -> Option<TaskDispatch> {
+    POSTED
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|d| d.master == master && d.task_instance_id.get() == task && d.attempt == attempt)
+        .cloned()
+}
+
 struct Recorder {
+    addr: String,
     events: mpsc::UnboundedSender<TaskEventRequest>,
     /// Calls still to answer with `accepted: false`.
     refuse: AtomicUsize,
@@ -53,6 +68,20 @@ impl MasterService for Recorder {
         _: Request<sluice_proto::v1::CheckAttemptsRequest>,
     ) -> Result<Response<sluice_proto::v1::CheckAttemptsReply>, Status> {
         Ok(Response::new(sluice_proto::v1::CheckAttemptsReply { stale: Vec::new() }))
+    }
+
+    /// The dispatch a test posted for the ticket it queued.
+    async fn fetch_task(
+        &self,
+        request: Request<sluice_proto::v1::FetchTaskRequest>,
+    ) -> Result<Response<sluice_proto::v1::FetchTaskReply>, Status> {
+        use sluice_proto::v1::fetch_task_reply::Answer;
+        let request = request.into_inner();
+        let answer = match posted(&self.addr, request.task_instance_id, request.attempt) {
+            Some(dispatch) => Answer::Dispatch(dispatch.to_json()),
+            None => Answer::Stale("never queued".into()),
+        };
+        Ok(Response::new(sluice_proto::v1::FetchTaskReply { answer: Some(answer) }))
     }
 
     async fn report_task_event(
@@ -104,6 +133,7 @@ impl RecordingMaster {
         let (tx, events) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let service = MasterServiceServer::new(Recorder {
+            addr: addr.to_string(),
             events: tx,
             refuse: AtomicUsize::new(refuse),
         });
@@ -264,9 +294,20 @@ impl Setup {
         self.put_in("default", task, Priority::Medium).await;
     }
 
+    /// Queues a ticket for `task`, as a master does, and posts the
+    /// dispatch where the worker fetches it.
     async fn put_in(&self, group: &str, task: &TaskDispatch, priority: Priority) {
+        POSTED.lock().unwrap().push(task.clone());
         self.queue
-            .queue_put(group, &key(task, priority), &task.to_json())
+            .queue_put(group, &key(task, priority), &QueueTicket::of(task).to_json())
+            .await
+            .unwrap();
+    }
+
+    /// Queues the whole dispatch, as a master of an earlier release did.
+    async fn put_whole(&self, task: &TaskDispatch) {
+        self.queue
+            .queue_put("default", &key(task, Priority::Medium), &task.to_json())
             .await
             .unwrap();
     }
@@ -351,6 +392,31 @@ async fn heartbeat(registry: &dyn Registry, worker: &Worker) -> Option<WorkerHea
 
 // ---------------------------------------------------------------------------
 // Tests
+
+/// An entry holding the whole dispatch (queued by a master of an earlier
+/// release) runs as it is; a ticket whose master says it is stale does not
+/// run at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_dispatches_run_and_stale_tickets_do_not() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let _worker = setup.worker(2).await;
+    let stale = shell(&master.addr(), 31, "touch ran-anyway\n");
+    setup
+        .queue
+        .queue_put("default", &key(&stale, Priority::High), &QueueTicket::of(&stale).to_json())
+        .await
+        .unwrap();
+    setup.put_whole(&shell(&master.addr(), 32, "echo whole\n")).await;
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(events[0].task_instance_id, 32, "only the whole dispatch ran: {events:?}");
+    assert_eq!(finished.outcome, i32::from(TaskOutcome::Success));
+    assert!(!setup.workdir(&stale).join("ran-anyway").exists());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), master.events.recv()).await.is_err(),
+        "the stale ticket sent no event"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_task_succeeds_with_params_and_identity_in_its_environment() {
@@ -650,7 +716,8 @@ async fn events_are_resent_until_a_master_that_was_down_comes_up() {
         reserved.local_addr().unwrap()
     };
     let mut worker = setup.worker(2).await;
-    setup.put(&shell(&addr.to_string(), 18, "true\n")).await;
+    // A whole dispatch: a ticket could not be fetched while its master is down.
+    setup.put_whole(&shell(&addr.to_string(), 18, "true\n")).await;
     // Both events wait in the outbox: the task is done, the master is not up.
     wait_for("both events to be pending", || {
         (worker.pending_events() == 2 && worker.running_tasks().is_empty()).then_some(())

@@ -42,6 +42,39 @@ impl TaskDispatch {
     }
 }
 
+/// What a task queue holds for one attempt: the key of the attempt and
+/// the master to fetch its [`TaskDispatch`] from, never the script or the
+/// resolved parameters (secrets stay out of the registry, and a script of
+/// any size fits: ZooKeeper refuses a node over `jute.maxbuffer`, 1 MB).
+/// `master` is the owner when the entry was put; after a failover the
+/// worker is redirected to the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueTicket {
+    pub workflow_instance_id: WorkflowInstanceId,
+    pub task_instance_id: TaskInstanceId,
+    pub attempt: u32,
+    pub master: String,
+}
+
+impl QueueTicket {
+    pub fn of(dispatch: &TaskDispatch) -> QueueTicket {
+        QueueTicket {
+            workflow_instance_id: dispatch.workflow_instance_id,
+            task_instance_id: dispatch.task_instance_id,
+            attempt: dispatch.attempt,
+            master: dispatch.master.clone(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("ticket serializes")
+    }
+
+    pub fn from_json(raw: &[u8]) -> Result<QueueTicket, serde_json::Error> {
+        serde_json::from_slice(raw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +100,15 @@ mod tests {
         let raw = d.to_json();
         assert!(std::str::from_utf8(&raw).unwrap().contains(r#""timeout":"2s""#));
         assert_eq!(TaskDispatch::from_json(&raw).unwrap(), d);
+
+        let ticket = QueueTicket::of(&d);
+        let raw = ticket.to_json();
+        assert_eq!(
+            std::str::from_utf8(&raw).unwrap(),
+            r#"{"workflow_instance_id":7,"task_instance_id":9,"attempt":2,"master":"10.0.0.1:5678"}"#
+        );
+        assert_eq!(QueueTicket::from_json(&raw).unwrap(), ticket);
+        // A ticket is not a dispatch (a worker tells the two apart).
+        assert!(TaskDispatch::from_json(&raw).is_err());
     }
 }

@@ -12,7 +12,7 @@ pub mod queue;
 pub mod state;
 
 pub use dag::{Dag, DagError, EdgeCondition, TaskNode};
-pub use dispatch::TaskDispatch;
+pub use dispatch::{QueueTicket, TaskDispatch};
 pub use heartbeat::{MasterHeartbeat, WorkerHeartbeat};
 pub use ids::*;
 pub use model::*;

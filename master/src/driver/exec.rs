@@ -90,8 +90,10 @@ impl Driver {
         let registry = self.shared.registry.clone();
         let puts = entries.into_iter().map(|entry| {
             let registry = registry.clone();
+            // The queue gets the ticket; the dispatch waits on the board
+            // for the worker that takes it.
+            let payload = self.shared.dispatches.post(entry.dispatch.clone()).to_json();
             async move {
-                let payload = entry.dispatch.to_json();
                 let result = registry.queue_put(&entry.group, &entry.key, &payload).await;
                 tracing::debug!(task_instance = %entry.dispatch.task_instance_id, attempt = entry.dispatch.attempt, group = %entry.group, key = %entry.key, "task dispatched");
                 (entry, result)
@@ -121,7 +123,13 @@ impl Driver {
             }
         });
         let results: Vec<Result<(QueueRef, bool), Abort>> = futures::stream::iter(removals).buffer_unordered(IN_FLIGHT).collect().await;
-        results.into_iter().collect()
+        let results: Vec<(QueueRef, bool)> = results.into_iter().collect::<Result<_, _>>()?;
+        for (entry, removed) in &results {
+            if let (true, Some(task)) = (*removed, self.machine.task_id(entry.node)) {
+                self.shared.dispatches.take_down(id, task, entry.attempt);
+            }
+        }
+        Ok(results)
     }
 }
 

@@ -17,7 +17,7 @@ use sluice_registry::RegistryError;
 use sluice_storage::StoreError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::run::{Operator, RunMachine, TaskReport, World, WorkerSeen};
+use crate::run::{Fetched, Operator, Report, RunMachine, TaskReport, World, WorkerSeen};
 use crate::Shared;
 
 /// What a driver is told.
@@ -28,6 +28,9 @@ pub(crate) enum DriverMsg {
     /// An operator command claimed by this master: the driver's write that
     /// carries it out consumes it.
     Command(Command),
+    /// A worker took the attempt's queue entry and asks for its dispatch
+    /// (it was not on the board: this master adopted the instance).
+    Fetch { task: TaskInstanceId, attempt: u32, reply: oneshot::Sender<Fetched> },
 }
 
 /// Why a driver gave up its instance.
@@ -85,6 +88,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, instance: WorkflowInstance) {
                 Err(abort)
             }
         };
+        shared.dispatches.clear(id);
         {
             // Only this driver's entry: its receiver is gone, so its sender
             // reads closed. A newer driver of the same instance stays.
@@ -246,6 +250,12 @@ impl Driver {
                         return Ok(Some(state));
                     }
                 }
+                DriverMsg::Fetch { task, attempt, reply } => {
+                    if let Some(state) = self.reports(&mut reports, &mut acks).await? {
+                        return Ok(Some(state));
+                    }
+                    let _ = reply.send(self.machine.fetch(task, attempt));
+                }
             }
         }
         self.reports(&mut reports, &mut acks).await
@@ -254,6 +264,11 @@ impl Driver {
     async fn reports(&mut self, reports: &mut Vec<TaskReport>, acks: &mut Vec<oneshot::Sender<bool>>) -> Result<Option<WorkflowState>, Abort> {
         if reports.is_empty() {
             return Ok(None);
+        }
+        // A reported attempt was fetched: its dispatch leaves the board.
+        let id = self.machine.instance().id;
+        for report in reports.iter().filter(|r| matches!(r.report, Report::Running { .. } | Report::Finished(_))) {
+            self.shared.dispatches.take_down(id, report.task_instance_id, report.attempt);
         }
         let effects = self.machine.on_reports(std::mem::take(reports));
         let done = self.execute(effects).await?;

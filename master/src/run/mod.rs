@@ -26,7 +26,7 @@ mod watchdog;
 use std::collections::HashSet;
 
 pub(crate) use machine::{RunMachine, RunSetup};
-pub(crate) use resolve::RunContext;
+pub(crate) use resolve::{Fetched, RunContext};
 use sluice_domain::*;
 pub(crate) use sluice_storage::{RunWrite, RunWritten};
 pub(crate) use sluice_tasks::Placement;

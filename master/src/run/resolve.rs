@@ -62,3 +62,39 @@ pub(crate) fn dispatch(
         timeout_strategy: spec.timeout_strategy,
     })
 }
+
+/// The answer to a worker that took an attempt's queue entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fetched {
+    Found(TaskDispatch),
+    /// Not to be run, and why.
+    Stale(String),
+}
+
+impl super::RunMachine {
+    /// The task instance id of `node`, once it has a row.
+    pub fn task_id(&self, node: TaskNode) -> Option<TaskInstanceId> {
+        self.row(node).map(|r| r.id)
+    }
+
+    /// The dispatch of `task`'s attempt `attempt`, resolved again, while it
+    /// is the current attempt and in flight. An attempt taken while the
+    /// instance stops still gets its dispatch: it reports running and is
+    /// killed then, as it would be had it started before the stop.
+    pub fn fetch(&self, task: TaskInstanceId, attempt: u32) -> Fetched {
+        let Some(node) = self.node_of(task) else {
+            return Fetched::Stale(format!("task instance {task} is not part of workflow instance {}", self.instance().id));
+        };
+        let row = self.row(node).expect("an indexed task has a row");
+        if row.attempt != attempt {
+            return Fetched::Stale(format!("attempt {attempt} is not current: task instance {task} is at attempt {}", row.attempt));
+        }
+        match row.state {
+            TaskState::Dispatched | TaskState::Running => match self.entry(node) {
+                Ok(entry) => Fetched::Found(entry.dispatch),
+                Err(error) => Fetched::Stale(format!("the task's parameters cannot be resolved: {error}")),
+            },
+            state => Fetched::Stale(format!("task instance {task} is {state}")),
+        }
+    }
+}
