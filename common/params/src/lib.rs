@@ -59,7 +59,7 @@ impl Context {
         Some(match name {
             // The business date is the day before the schedule time: a
             // daily run at 02:30 processes yesterday's data.
-            "system.biz.date" => fmt(at.add_days(-1), "yyyyMMdd"),
+            "system.biz.date" => fmt(at.add_days(-1)?, "yyyyMMdd"),
             "system.biz.curdate" => fmt(at, "yyyyMMdd"),
             "system.datetime" => fmt(at, "yyyyMMddHHmmss"),
             "system.workflow.instance.id" => self.workflow_instance_id.to_string(),

@@ -167,6 +167,18 @@ fn unresolvable_expressions_name_themselves() {
         ("${zdt.format(yyyy)}", "${zdt.format(yyyy)}", "format needs a quoted pattern"),
         ("${zdt.explode()}", "${zdt.explode()}", "unknown method `explode`"),
         ("${zdt.format(\"yyyy\").addDay(1)}", "${zdt.format(\"yyyy\").addDay(1)}", "`format(...)` must come last"),
+        // Offsets past the dates chrono holds: an error, not a panic of
+        // the master (or of the API checking a document).
+        ("$[yyyyMMdd+999999999]", "$[yyyyMMdd+999999999]", "out of range"),
+        ("$[yyyyMMdd-99999999999999999999]", "$[yyyyMMdd-99999999999999999999]", "out of range"),
+        ("$[HHmmss+99999999999/24]", "$[HHmmss+99999999999/24]", "out of range"),
+        ("$[add_months(yyyyMMdd,99999999999)]", "$[add_months(yyyyMMdd,99999999999)]", "out of range"),
+        ("$[month_last_day(yyyyMMdd,9223372036854775807)]", "$[month_last_day(yyyyMMdd,9223372036854775807)]", "out of range"),
+        ("$[week_first_day(yyyyMMdd,9223372036854775807)]", "$[week_first_day(yyyyMMdd,9223372036854775807)]", "out of range"),
+        ("${zdt.addDay(999999999999)}", "${zdt.addDay(999999999999)}", "out of range"),
+        ("${zdt.addHour(999999999999999)}", "${zdt.addHour(999999999999999)}", "out of range"),
+        ("${zdt.addWeek(9223372036854775807)}", "${zdt.addWeek(9223372036854775807)}", "out of range"),
+        ("${zdt.add(1, 999999999999)}", "${zdt.add(1, 999999999999)}", "out of range"),
     ] {
         let err = substitute(text, &Params::new(), &ctx).unwrap_err();
         assert_eq!(err.expression, expr, "{text}");
@@ -232,3 +244,4 @@ fn time_zones_are_named_when_unknown() {
     assert!(timezone("Mars/Olympus").unwrap_err().to_string().contains("unknown time zone"));
     let _ = NaiveDate::from_ymd_opt(2024, 1, 1);
 }
+
