@@ -275,6 +275,11 @@ mod tests {
         }
         let request = &schemas["BackfillRequest"]["properties"];
         assert_eq!(request["parallelism"]["maximum"], 100, "{request:#}");
+        // Why a task (or an instance) ended, and a task type's own fields.
+        for (schema, property) in [("TaskInstanceView", "reason"), ("WorkflowInstanceView", "reason"), ("TaskDocumentSchema", "with")] {
+            let properties = &schemas[schema]["properties"];
+            assert!(properties.get(property).is_some(), "{schema}.{property} missing: {properties:#}");
+        }
     }
 
     #[tokio::test]

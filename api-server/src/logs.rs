@@ -22,12 +22,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which log, and who has it.
+#[derive(Clone)]
 pub(crate) struct LogTarget {
     pub key: LogKey,
     /// The worker of the task's current attempt (the one that may still
     /// have an older attempt's log too).
     pub host: Option<String>,
     pub description: String,
+    /// Of an attempt that ended without reaching a worker: the one line
+    /// its log is when nobody wrote one (a skipped task, the kills of a
+    /// stop or of an instance that cannot be loaded), from its reason.
+    never_ran: Option<String>,
 }
 
 impl LogTarget {
@@ -36,7 +41,20 @@ impl LogTarget {
             key: LogKey { workflow_instance_id: task.workflow_instance_id.get(), task_instance_id: task.id.get(), attempt },
             host: task.host.clone(),
             description: format!("task instance {} (`{}`) attempt {attempt}", task.id, task.name),
+            never_ran: never_ran(task, attempt),
         }
+    }
+
+    /// The log of an attempt that never ran and that nobody wrote, at
+    /// `offset`: its one line, then the end.
+    fn recorded(&self, offset: u64) -> Option<ApiResult<LogPage>> {
+        let line = self.never_ran.as_ref()?;
+        let end = line.len() as u64 + 1;
+        Some(match offset {
+            0 => Ok(LogPage { lines: vec![line.clone()], next_offset: end, finished: true }),
+            at if at == end => Ok(LogPage { lines: Vec::new(), next_offset: end, finished: true }),
+            at => Err(bad_offset(format!("offset {at} is not a line start of this log (0 or {end})"))),
+        })
     }
 
     fn request(&self, offset: u64, limit: usize) -> ReadLogRequest {
@@ -56,6 +74,15 @@ impl LogTarget {
         };
         ApiError::not_found(format!("no log for {}: {worker}, and the log store has no copy", self.description))
     }
+}
+
+fn never_ran(task: &TaskInstance, attempt: u32) -> Option<String> {
+    let ended_unstarted = task.state.is_final() && task.host.is_none() && task.start_time.is_none() && attempt == task.attempt;
+    let reason = task.message.as_deref().filter(|_| ended_unstarted)?;
+    let at = task.end_time.unwrap_or(task.updated_at);
+    let text = format!("{} without running: {reason}", task.state);
+    let line = sluice_logs::format_line(at, sluice_logs::Source::Sluice, text.as_bytes());
+    Some(line.trim_end_matches('\n').to_owned())
 }
 
 /// A page of a log, wherever it came from.
@@ -126,11 +153,18 @@ impl LogAccess {
                 return Ok(SourcedPage { page: reply.into_inner(), source: "worker" });
             }
         }
-        let store = self.store.as_ref().ok_or_else(|| target.missing())?;
-        let page = store.read(&target.key, offset, limit).await.map_err(store_error)?.ok_or_else(|| target.missing())?;
-        // The store only has logs of attempts that are over.
-        let finished = page.at_end;
-        Ok(SourcedPage { page: LogPage { lines: page.lines, next_offset: page.next_offset, finished }, source: "store" })
+        let stored = match &self.store {
+            Some(store) => store.read(&target.key, offset, limit).await.map_err(store_error)?,
+            None => None,
+        };
+        match stored {
+            // The store only has logs of attempts that are over.
+            Some(page) => Ok(SourcedPage { page: LogPage { lines: page.lines, next_offset: page.next_offset, finished: page.at_end }, source: "store" }),
+            None => match target.recorded(offset) {
+                Some(page) => Ok(SourcedPage { page: page?, source: "reason" }),
+                None => Err(target.missing()),
+            },
+        }
     }
 
     /// The log from `offset`, then its new lines as they are written,
@@ -186,9 +220,7 @@ impl LogAccess {
     }
 
     async fn store_page(&self, target: &LogTarget, offset: u64) -> ApiResult<LogPage> {
-        let store = self.store.as_ref().ok_or_else(|| target.missing())?;
-        let page = store.read(&target.key, offset, MAX_PAGE_LINES).await.map_err(store_error)?.ok_or_else(|| target.missing())?;
-        Ok(LogPage { finished: page.at_end, lines: page.lines, next_offset: page.next_offset })
+        Ok(self.page(&LogTarget { host: None, ..target.clone() }, offset, MAX_PAGE_LINES).await?.page)
     }
 
     /// The whole log as bytes: the store's file as it is, or the worker's
@@ -217,8 +249,14 @@ impl LogAccess {
                 return Ok(Box::pin(stream));
             }
         }
-        let store = self.store.as_ref().ok_or_else(|| target.missing())?;
-        let (_, reader) = store.open(&target.key).await.map_err(store_error)?.ok_or_else(|| target.missing())?;
-        Ok(Box::pin(tokio_util::io::ReaderStream::new(reader)))
+        let opened = match &self.store {
+            Some(store) => store.open(&target.key).await.map_err(store_error)?,
+            None => None,
+        };
+        match (opened, &target.never_ran) {
+            (Some((_, reader)), _) => Ok(Box::pin(tokio_util::io::ReaderStream::new(reader))),
+            (None, Some(line)) => Ok(Box::pin(futures::stream::once(std::future::ready(Ok(axum::body::Bytes::from(format!("{line}\n"))))))),
+            (None, None) => Err(target.missing()),
+        }
     }
 }

@@ -239,6 +239,11 @@ pub struct TaskInstanceView {
     /// `host:port` of the worker of the current attempt.
     pub host: Option<String>,
     pub exit_code: Option<i32>,
+    /// Why the current attempt ended as it did, for people: `exit code 3`,
+    /// `timed out after 2s`, or, for a task that never ran, `cannot
+    /// resolve `$[...]`: …`, `killed before it started: …`, `skipped: …`.
+    /// Absent while the attempt has not ended.
+    pub reason: Option<String>,
     pub submit_time: DateTime<Utc>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
@@ -265,6 +270,9 @@ pub struct WorkflowInstanceView {
     pub run: u32,
     pub start_tasks: Vec<String>,
     pub scope: Option<String>,
+    /// Why the instance ended as it did, when the master said (`stopped
+    /// while running`, `cannot run: …`).
+    pub reason: Option<String>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -492,8 +500,9 @@ pub struct WorkflowDocumentSchema {
     pub schedule: Option<ScheduleBody>,
 }
 
-/// One task of a [`WorkflowDocumentSchema`]. Type-specific keys (`script`
-/// for `shell` and `python`) sit beside these.
+/// One task of a [`WorkflowDocumentSchema`]. Type-specific fields (`script`
+/// for `shell` and `python`) go under `with`, or beside these when their
+/// name is not one of these keys.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskDocumentSchema {
     pub name: String,
@@ -516,6 +525,11 @@ pub struct TaskDocumentSchema {
     pub worker_group: Option<String>,
     /// The command (`shell`) or program (`python`).
     pub script: Option<String>,
+    /// The task type's own fields, any name allowed (a type's own
+    /// `timeout`); `script` may be given here instead of beside.
+    #[serde(rename = "with")]
+    #[schema(value_type = Option<Object>)]
+    pub with: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `GET /task-instances/{id}/log` query.
@@ -565,6 +579,8 @@ pub struct TaskLogPage {
     pub next_offset: u64,
     /// The attempt is over and this page reaches the end of its log.
     pub finished: bool,
-    /// Where the page was read: `worker` or `store`.
+    /// Where the page was read: `worker` or `store`; `reason` for an
+    /// attempt that ended without running and whose log nobody wrote (a
+    /// skipped task): its one line says why, from the task's `reason`.
     pub source: String,
 }

@@ -222,6 +222,7 @@ impl From<TaskInstance> for TaskInstanceView {
             worker_group: t.worker_group.to_string(),
             host: t.host,
             exit_code: t.exit_code,
+            reason: t.message,
             submit_time: t.submit_time,
             start_time: t.start_time,
             end_time: t.end_time,
@@ -247,6 +248,7 @@ pub fn workflow_instance_view(wi: WorkflowInstance, project: &str, tasks: Option
         run: wi.run,
         start_tasks: wi.start_tasks,
         scope: wi.scope.map(|s| s.to_string()),
+        reason: wi.reason,
         start_time: wi.start_time,
         end_time: wi.end_time,
         created_at: wi.created_at,
@@ -588,6 +590,43 @@ mod tests {
             tasks: vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])],
             created_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_task_instance_shows_why_it_ended() {
+        let now = Utc::now();
+        let task = TaskInstance {
+            id: TaskInstanceId(5),
+            workflow_instance_id: WorkflowInstanceId(3),
+            task_definition_id: TaskDefinitionId(1),
+            name: "bad".into(),
+            task_type: TaskType("shell".into()),
+            state: TaskState::Failure,
+            attempt: 1,
+            max_retries: 0,
+            failovers: 0,
+            priority: Priority::Medium,
+            worker_group: WorkerGroup::default(),
+            host: None,
+            exit_code: None,
+            retry_at: None,
+            log_path: None,
+            submit_time: now,
+            start_time: None,
+            end_time: Some(now),
+            updated_at: now,
+            outputs: Params::new(),
+            message: Some("cannot resolve `$[yyyyMMdd-x]`: unsupported pattern letter `x`".into()),
+            run: 1,
+            retries: 0,
+            kill_reason: None,
+            branches: None,
+            external_id: None,
+        };
+        let view = TaskInstanceView::from(task);
+        assert_eq!(view.reason.as_deref(), Some("cannot resolve `$[yyyyMMdd-x]`: unsupported pattern letter `x`"));
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["reason"], "cannot resolve `$[yyyyMMdd-x]`: unsupported pattern letter `x`");
     }
 
     fn error(request: RunRequest) -> (Option<String>, String) {

@@ -19,6 +19,7 @@ common::both_deployments!(
     a_task_can_be_killed_and_an_instance_stopped,
     unknown_workflows_and_ids_exit_2_with_the_api_message,
     the_readme_commands_run_the_example,
+    a_task_that_never_ran_says_why_in_status_and_logs,
 );
 
 // --- scenarios -------------------------------------------------------------
@@ -83,6 +84,15 @@ async fn bad_workflow_files_exit_2_and_store_nothing(deployment: &Deployment) {
         ("duration.yaml", "project: bad\nname: duration\ntasks:\n  - {name: a, type: shell, script: x, timeout: 10 parsecs}\n", "tasks[0].timeout: invalid duration"),
         ("noproject.yaml", "name: noproject\ntasks:\n  - {name: a, type: shell, script: x}\n", "project: required"),
         ("malformed.json", r#"{"project": "bad", "name": "json", "tasks": [}"#, "malformed JSON"),
+        // Parameters no run can resolve, at their path.
+        ("expr.yaml", "project: bad\nname: expr\nparams: {dt: '$[foo+1]'}\ntasks:\n  - {name: a, type: shell, script: x}\n", "params.dt: cannot resolve `$[foo+1]`"),
+        (
+            "builtin.yaml",
+            &*format!("project: bad\nname: builtin\ntasks:\n{task_a}  - {{name: b, type: shell, script: x}}\n  - {{name: c, type: shell, script: x, params: {{out: '${{system.nope}}'}}}}\n"),
+            "tasks[2].params.out: cannot resolve `${system.nope}`: unknown built-in",
+        ),
+        ("loop.yaml", "project: bad\nname: loop\nparams: {a: '${b}', b: '${a}'}\ntasks:\n  - {name: a, type: shell, script: x}\n", "params.a: cannot resolve `${a}`: parameters refer to each other in a cycle: a -> b -> a"),
+        ("script.yaml", "project: bad\nname: script\ntasks:\n  - {name: a, type: shell, script: 'echo ${zdt.explode()}'}\n", "tasks[0].script: cannot resolve `${zdt.explode()}`"),
     ];
     for (file, text, expected) in cases {
         let path = write(files.path(), file, text);
@@ -191,7 +201,7 @@ async fn status_and_instances_print_tables_and_the_api_json(deployment: &Deploym
     assert_eq!(lines[0], format!("instance {failed}  tables/flow version 1  failure"), "{}", ran.stdout);
     let header = lines.iter().position(|l| l.starts_with("ID ")).unwrap_or_else(|| panic!("no table:\n{}", ran.stdout));
     let columns: Vec<&str> = lines[header].split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
-    assert_eq!(columns, ["ID", "TASK", "STATE", "ATTEMPT", "HOST", "START", "DURATION", "EXIT CODE"]);
+    assert_eq!(columns, ["ID", "TASK", "STATE", "ATTEMPT", "HOST", "START", "DURATION", "EXIT CODE", "REASON"]);
     let wi: WorkflowInstanceView = deployment.get(&format!("/workflow-instances/{failed}")).await;
     let rows = &lines[header + 1..];
     assert_eq!(rows.len(), 2, "{}", ran.stdout);
@@ -200,7 +210,11 @@ async fn status_and_instances_print_tables_and_the_api_json(deployment: &Deploym
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cells[0], t.id.to_string());
         assert_eq!(cells[2], t.state);
-        assert_eq!(cells.last().copied(), Some(t.exit_code.unwrap().to_string().as_str()), "{row}");
+        // The last two columns: the exit code, then why the task ended.
+        let reason = t.reason.as_deref().unwrap();
+        assert_eq!(reason, format!("exit code {}", t.exit_code.unwrap()));
+        let before = row.strip_suffix(reason).unwrap_or_else(|| panic!("no reason `{reason}` at the end of {row}"));
+        assert!(before.trim_end().ends_with(&format!("  {}", t.exit_code.unwrap())), "{row}");
         assert!(row.contains(t.host.as_deref().unwrap()), "{row}");
     }
     let extract = rows.iter().find(|r| r.split_whitespace().nth(1) == Some("extract")).unwrap();
@@ -244,6 +258,34 @@ async fn status_and_instances_print_tables_and_the_api_json(deployment: &Deploym
     let ran = deployment.sluice(&["instances", "--state", "bogus"]).await;
     ran.expect(2);
     assert!(ran.stderr.contains("bogus"), "{}", ran.stderr);
+}
+
+/// A parameter only a run can find broken (here one given at the start)
+/// fails the task before it starts: `run --wait`, `status` and `logs` say
+/// why.
+async fn a_task_that_never_ran_says_why_in_status_and_logs(deployment: &Deployment) {
+    let files = tempfile::tempdir().unwrap();
+    let flow = write(files.path(), "never.yaml", "project: never\nname: flow\ntasks:\n  - {name: uses, type: shell, script: 'echo ${dt}'}\n");
+    deployment.sluice(&["apply", "-f", arg(&flow)]).await.expect(0);
+    let ran = deployment.sluice(&["run", "never/flow", "--param", "dt=$[yyyyMMdd-", "--wait"]).await;
+    ran.expect(1);
+    let id = instance_id(&ran);
+    let why = "cannot resolve `$[yyyyMMdd-`: missing `]`";
+    let last = ran.stdout.lines().last().unwrap();
+    assert!(last.contains(&format!("uses (failure: {why})")), "{}", ran.stdout);
+
+    let ran = deployment.sluice(&["status", &id.to_string()]).await;
+    ran.expect(0);
+    let row = ran.stdout.lines().find(|l| l.split_whitespace().nth(1) == Some("uses")).unwrap_or_else(|| panic!("{}", ran.stdout));
+    let before = row.strip_suffix(why).unwrap_or_else(|| panic!("no reason at the end of {row}"));
+    assert!(before.trim_end().ends_with("  -"), "no exit code, then the reason: {row}");
+    let wi: WorkflowInstanceView = deployment.get(&format!("/workflow-instances/{id}")).await;
+    let uses = task(&wi, "uses");
+    assert_eq!(uses.reason.as_deref(), Some(why));
+
+    let ran = deployment.sluice(&["logs", &uses.id.to_string()]).await;
+    ran.expect(0);
+    assert!(ran.stdout.contains(&format!("[sluice] failed before it started: {why}")), "{ran:?}");
 }
 
 async fn a_task_can_be_killed_and_an_instance_stopped(deployment: &Deployment) {

@@ -205,6 +205,13 @@ async fn workflows_are_versioned_documents(sandbox: Sandbox) {
     // The other YAML content types are accepted too.
     assert_eq!(api.put("/projects/e2e/workflows/etl", "text/yaml", ETL_V1).await.ok(200)["version"], 1);
     assert_eq!(api.put("/projects/e2e/workflows/etl", "application/x-yaml", ETL_V1).await.ok(200)["version"], 1);
+    // A type's fields under `with:` are the same fields as beside the generic keys.
+    let mut nested = same_as_json.clone();
+    for task in nested["tasks"].as_array_mut().unwrap() {
+        let script = task.as_object_mut().unwrap().remove("script").unwrap();
+        task["with"] = json!({"script": script});
+    }
+    assert_eq!(api.put("/projects/e2e/workflows/etl", JSON, &nested.to_string()).await.ok(200)["version"], 1);
 
     let v2 = ETL_V1.replace("echo extract", "echo extract --all");
     assert_eq!(api.put("/projects/e2e/workflows/etl", YAML, &v2).await.ok(201), &json!({"name": "etl", "version": 2, "created": true}));
@@ -315,6 +322,26 @@ async fn bad_workflow_documents_are_refused_and_store_nothing(sandbox: Sandbox) 
             "unknown task type `sparkk`",
         ),
         (YAML, "name: w\ntasks: []\n".into(), 400, "invalid_input", Some("tasks"), "no tasks"),
+        // Parameters no run can resolve, named at their path.
+        (YAML, format!("name: w\nparams: {{dt: '$[foo+1]'}}\ntasks:\n  - {a}\n"), 400, "invalid_input", Some("params.dt"), "cannot resolve `$[foo+1]`"),
+        (
+            YAML,
+            format!("name: w\ntasks:\n  - {a}\n  - {{name: b, type: shell, script: x}}\n  - {{name: c, type: shell, script: x, params: {{out: '${{system.nope}}'}}}}\n"),
+            400,
+            "invalid_input",
+            Some("tasks[2].params.out"),
+            "cannot resolve `${system.nope}`: unknown built-in",
+        ),
+        (
+            JSON,
+            r#"{"name": "w", "params": {"a": "${b}", "b": "${a}"}, "tasks": [{"name": "a", "type": "shell", "script": "x"}]}"#.into(),
+            400,
+            "invalid_input",
+            Some("params.a"),
+            "cycle: a -> b -> a",
+        ),
+        (YAML, "name: w\ntasks:\n  - {name: a, type: shell, script: 'echo $[yyyyMMdd-1x]'}\n".into(), 400, "invalid_input", Some("tasks[0].script"), "cannot resolve"),
+        (YAML, "name: w\ntasks:\n  - {name: a, type: shell, script: x, with: {script: y}}\n".into(), 400, "invalid_input", Some("tasks[0].with.script"), "given twice"),
         (YAML, format!("project: other\nname: w\ntasks:\n  - {a}\n"), 400, "invalid_input", Some("project"), "`other`"),
         (YAML, format!("name: v\ntasks:\n  - {a}\n"), 400, "invalid_input", Some("name"), "`v`"),
         ("text/plain", format!("name: w\ntasks:\n  - {a}\n"), 415, "unsupported_media_type", None, "application/yaml"),

@@ -135,7 +135,7 @@ pub fn instance(wi: &WorkflowInstanceView) -> String {
         out.push_str("no task has started yet\n");
         return out;
     }
-    let mut table = Table::new(&["ID", "TASK", "STATE", "ATTEMPT", "HOST", "START", "DURATION", "EXIT CODE"]);
+    let mut table = Table::new(&["ID", "TASK", "STATE", "ATTEMPT", "HOST", "START", "DURATION", "EXIT CODE", "REASON"]);
     for t in tasks {
         table.row(vec![
             t.id.to_string(),
@@ -146,10 +146,19 @@ pub fn instance(wi: &WorkflowInstanceView) -> String {
             time(t.start_time),
             elapsed(t.start_time, t.end_time),
             or_dash(t.exit_code),
+            reason(t),
         ]);
     }
     out.push_str(&table.render());
     out
+}
+
+/// Why a task ended, on one line (the last column: not padded).
+pub fn reason(task: &TaskInstanceView) -> String {
+    match task.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        Some(reason) => reason.split_whitespace().collect::<Vec<_>>().join(" "),
+        None => "-".into(),
+    }
 }
 
 /// `sluice instances`.

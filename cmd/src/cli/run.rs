@@ -216,9 +216,11 @@ fn summary(wi: &WorkflowInstanceView, total: usize) -> String {
     let failed: Vec<String> = tasks(wi)
         .iter()
         .filter(|t| t.state == TaskState::Failure.as_str() || t.state == TaskState::Killed.as_str())
-        .map(|t| match t.exit_code {
-            Some(code) => format!("{} ({}, exit code {code})", t.name, t.state),
-            None => format!("{} ({})", t.name, t.state),
+        .map(|t| match (t.exit_code, &t.reason) {
+            (Some(code), _) => format!("{} ({}, exit code {code})", t.name, t.state),
+            // It never ran (or was killed): the reason is all there is.
+            (None, Some(_)) => format!("{} ({}: {})", t.name, t.state, output::reason(t)),
+            (None, None) => format!("{} ({})", t.name, t.state),
         })
         .collect();
     if !failed.is_empty() {
@@ -261,6 +263,7 @@ mod tests {
             worker_group: "default".into(),
             host: None,
             exit_code,
+            reason: exit_code.map(|code| format!("exit code {code}")),
             submit_time: Utc::now(),
             start_time: None,
             end_time: None,
@@ -284,6 +287,7 @@ mod tests {
             run: 1,
             start_tasks: Vec::new(),
             scope: None,
+            reason: None,
             start_time: None,
             end_time: None,
             created_at: Utc::now(),
@@ -313,5 +317,11 @@ mod tests {
         );
         let ok = instance("success", vec![task("a", "success", Some(0))]);
         assert_eq!(summary(&ok, 1), "instance 7 success: 1/1 tasks done in -");
+        // A task that never ran has no exit code, only its reason.
+        let never = TaskInstanceView { reason: Some("cannot resolve `$[yyyyMMdd-x]`:\n unsupported pattern letter `x`".into()), ..task("c", "failure", None) };
+        assert_eq!(
+            summary(&instance("failure", vec![never]), 1),
+            "instance 7 failure: 1/1 tasks done in -; c (failure: cannot resolve `$[yyyyMMdd-x]`: unsupported pattern letter `x`) (details: sluice status 7)"
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! Time expressions: DolphinScheduler's `$[...]` and hera's `${zdt...}`.
 
-use chrono::Duration;
-
 use crate::format::format;
 use crate::time::Zoned;
 use crate::ExprError;
+
+const OUT_OF_RANGE: &str = "the date it gives is out of range";
 
 /// Evaluates the inside of `$[...]` against the schedule time.
 ///
@@ -36,7 +36,7 @@ pub fn dollar_bracket(body: &str, at: &Zoned) -> Result<String, ExprError> {
         }
         let moved = match name {
             "add_months" => at.add_months(arg_int(1, None)?),
-            "this_day" => *at,
+            "this_day" => Some(*at),
             "last_day" => at.add_days(-1),
             "month_first_day" => at.month_first_day(arg_int(1, Some(0))?),
             "month_last_day" => at.month_last_day(arg_int(1, Some(0))?),
@@ -53,6 +53,7 @@ pub fn dollar_bracket(body: &str, at: &Zoned) -> Result<String, ExprError> {
             }
             other => return Err(fail(format!("unknown function `{other}`"))),
         };
+        let moved = moved.ok_or_else(|| fail(OUT_OF_RANGE.into()))?;
         return format(&moved.local(), pattern).map_err(|e| fail(e.message));
     }
     let (pattern, offset) = split_offset(body);
@@ -60,16 +61,19 @@ pub fn dollar_bracket(body: &str, at: &Zoned) -> Result<String, ExprError> {
         return Err(fail("no date pattern".into()));
     }
     let moved = match offset {
-        None => *at,
+        None => Some(*at),
         Some(offset) => {
             let days = arithmetic(offset).map_err(|m| fail(format!("offset `{offset}`: {m}")))?;
+            // `as` saturates: an offset too large for an i64 is out of
+            // range below like any other.
             if days.fract() == 0.0 {
                 at.add_days(days as i64)
             } else {
-                at.add_elapsed(Duration::milliseconds((days * 86_400_000.0).round() as i64))
+                at.add_millis((days * 86_400_000.0).round() as i64)
             }
         }
     };
+    let moved = moved.ok_or_else(|| fail(OUT_OF_RANGE.into()))?;
     format(&moved.local(), pattern).map_err(|e| fail(e.message))
 }
 
@@ -204,25 +208,26 @@ pub fn zdt(body: &str, at: &Zoned) -> Result<String, ExprError> {
             args.get(i).ok_or_else(|| fail(format!("{method} needs {} argument(s)", i + 1)))?
                 .trim().parse::<i64>().map_err(|_| fail(format!("{method}: `{}` is not a whole number", args[i].trim())))
         };
-        t = match method {
-            "addYear" | "addYears" => t.add_months(12 * int(0)?),
+        let scaled = |n: i64, by: i64| n.checked_mul(by).ok_or_else(|| fail(OUT_OF_RANGE.into()));
+        let moved = match method {
+            "addYear" | "addYears" => t.add_months(scaled(int(0)?, 12)?),
             "addMonth" | "addMonths" => t.add_months(int(0)?),
-            "addWeek" | "addWeeks" => t.add_days(7 * int(0)?),
+            "addWeek" | "addWeeks" => t.add_days(scaled(int(0)?, 7)?),
             "addDay" | "addDays" => t.add_days(int(0)?),
-            "addHour" | "addHours" => t.add_elapsed(Duration::hours(int(0)?)),
-            "addMinute" | "addMinutes" => t.add_elapsed(Duration::minutes(int(0)?)),
-            "addSecond" | "addSeconds" => t.add_elapsed(Duration::seconds(int(0)?)),
+            "addHour" | "addHours" => t.add_millis(scaled(int(0)?, 3_600_000)?),
+            "addMinute" | "addMinutes" => t.add_millis(scaled(int(0)?, 60_000)?),
+            "addSecond" | "addSeconds" => t.add_millis(scaled(int(0)?, 1_000)?),
             "add" => {
                 let field = args.first().map(|f| f.trim()).unwrap_or("");
                 let n = int(1)?;
                 match field.trim_start_matches("Calendar.") {
-                    "1" | "YEAR" | "year" => t.add_months(12 * n),
+                    "1" | "YEAR" | "year" => t.add_months(scaled(n, 12)?),
                     "2" | "MONTH" | "month" => t.add_months(n),
-                    "3" | "4" | "WEEK_OF_YEAR" | "WEEK_OF_MONTH" | "week" => t.add_days(7 * n),
+                    "3" | "4" | "WEEK_OF_YEAR" | "WEEK_OF_MONTH" | "week" => t.add_days(scaled(n, 7)?),
                     "5" | "6" | "7" | "DATE" | "DAY_OF_MONTH" | "DAY_OF_YEAR" | "DAY_OF_WEEK" | "day" => t.add_days(n),
-                    "10" | "11" | "HOUR" | "HOUR_OF_DAY" | "hour" => t.add_elapsed(Duration::hours(n)),
-                    "12" | "MINUTE" | "minute" => t.add_elapsed(Duration::minutes(n)),
-                    "13" | "SECOND" | "second" => t.add_elapsed(Duration::seconds(n)),
+                    "10" | "11" | "HOUR" | "HOUR_OF_DAY" | "hour" => t.add_millis(scaled(n, 3_600_000)?),
+                    "12" | "MINUTE" | "minute" => t.add_millis(scaled(n, 60_000)?),
+                    "13" | "SECOND" | "second" => t.add_millis(scaled(n, 1_000)?),
                     other => return Err(fail(format!("unknown field `{other}` for add"))),
                 }
             }
@@ -233,10 +238,11 @@ pub fn zdt(body: &str, at: &Zoned) -> Result<String, ExprError> {
                     .or_else(|| raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
                     .ok_or_else(|| fail("format needs a quoted pattern".into()))?;
                 pattern = Some(unquoted.to_owned());
-                t
+                Some(t)
             }
             other => return Err(fail(format!("unknown method `{other}`"))),
         };
+        t = moved.ok_or_else(|| fail(OUT_OF_RANGE.into()))?;
     }
     format(&t.local(), pattern.as_deref().unwrap_or("yyyy-MM-dd HH:mm:ss")).map_err(|e| fail(e.message))
 }

@@ -11,7 +11,7 @@ mod expr;
 mod format;
 mod time;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 pub use chrono_tz::Tz;
@@ -59,7 +59,7 @@ impl Context {
         Some(match name {
             // The business date is the day before the schedule time: a
             // daily run at 02:30 processes yesterday's data.
-            "system.biz.date" => fmt(at.add_days(-1), "yyyyMMdd"),
+            "system.biz.date" => fmt(at.add_days(-1)?, "yyyyMMdd"),
             "system.biz.curdate" => fmt(at, "yyyyMMdd"),
             "system.datetime" => fmt(at, "yyyyMMddHHmmss"),
             "system.workflow.instance.id" => self.workflow_instance_id.to_string(),
@@ -111,9 +111,8 @@ fn resolve_one(name: &str, merged: &Params, ctx: &Context, done: &mut Params, ch
     if let Some(v) = done.get(name) {
         return Ok(v.clone());
     }
-    if chain.iter().any(|n| n == name) {
-        chain.push(name.to_owned());
-        return Err(ExprError::new(&format!("${{{name}}}"), format!("parameters refer to each other in a cycle: {}", chain.join(" -> "))));
+    if let Some(start) = chain.iter().position(|n| n == name) {
+        return Err(cycle_error(&chain[start..]));
     }
     chain.push(name.to_owned());
     let raw = merged[name].clone();
@@ -127,6 +126,93 @@ fn resolve_one(name: &str, merged: &Params, ctx: &Context, done: &mut Params, ch
     chain.pop();
     done.insert(name.to_owned(), value.clone());
     Ok(value)
+}
+
+/// `cycle` is the names on the loop, each once, in order of reference.
+fn cycle_error(cycle: &[String]) -> ExprError {
+    let first = &cycle[0];
+    let names: Vec<&str> = cycle.iter().chain(std::iter::once(first)).map(String::as_str).collect();
+    ExprError::new(&format!("${{{first}}}"), format!("parameters refer to each other in a cycle: {}", names.join(" -> ")))
+}
+
+/// A parameter whose value no run can resolve, found before any run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct ParamError {
+    /// The parameter at fault: the one whose value holds the bad
+    /// expression, or the first of a cycle.
+    pub name: String,
+    /// The parameters on the cycle, in order of reference; empty when the
+    /// fault is an expression.
+    pub cycle: Vec<String>,
+    pub error: ExprError,
+}
+
+/// A context for checking what does not depend on the run. Whether an
+/// expression resolves never depends on the schedule time or the ids, only
+/// its value does (dates far from now aside: the range check is the same
+/// 260,000 years either way).
+fn probe() -> Context {
+    Context {
+        schedule_time: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::days(20_000),
+        timezone: Tz::UTC,
+        project: String::new(),
+        workflow: String::new(),
+        workflow_instance_id: 0,
+        task_instance_id: Some(0),
+    }
+}
+
+/// Checks, before any run, what fails every run: a malformed time
+/// expression (`$[foo+1]`, `${zdt.explode()}`), an unknown built-in
+/// (`${system.nope}`), or parameters of `params` that refer to each other
+/// in a cycle. A `${name}` that `params` does not define is no mistake:
+/// it may be an upstream task's output, a parameter given when the run
+/// starts, a project parameter or the script's own variable, and at run
+/// time it is left alone when it is none of them.
+pub fn check(params: &Params) -> Result<(), ParamError> {
+    let ctx = probe();
+    let mut refers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, value) in params {
+        let mut names = Vec::new();
+        substitute_with(value, &ctx, &mut |reference: &str, _: &Context| {
+            if params.contains_key(reference) {
+                names.push(reference.to_owned());
+            }
+            Ok(None)
+        })
+        .map_err(|error| ParamError { name: name.clone(), cycle: Vec::new(), error })?;
+        refers.insert(name, names);
+    }
+    // Depth-first over the references; `on_path` holds the names being
+    // resolved, as `resolve` would.
+    fn visit<'a>(name: &'a str, refers: &'a BTreeMap<&str, Vec<String>>, on_path: &mut Vec<String>, done: &mut BTreeSet<&'a str>) -> Result<(), ParamError> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if let Some(start) = on_path.iter().position(|n| n == name) {
+            let cycle = &on_path[start..];
+            return Err(ParamError { name: cycle[0].clone(), cycle: cycle.to_vec(), error: cycle_error(cycle) });
+        }
+        on_path.push(name.to_owned());
+        for next in &refers[name] {
+            visit(next, refers, on_path, done)?;
+        }
+        on_path.pop();
+        done.insert(name);
+        Ok(())
+    }
+    let mut done = BTreeSet::new();
+    for name in refers.keys() {
+        visit(name, &refers, &mut Vec::new(), &mut done)?;
+    }
+    Ok(())
+}
+
+/// Checks `text` (a script, any value substituted at run time) for what
+/// fails every run, as [`check`] does for parameters.
+pub fn check_text(text: &str) -> Result<(), ExprError> {
+    substitute_with(text, &probe(), &mut |_: &str, _: &Context| Ok(None)).map(drop)
 }
 
 /// Replaces, in `text` (a script, a parameter value):

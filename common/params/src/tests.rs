@@ -167,6 +167,18 @@ fn unresolvable_expressions_name_themselves() {
         ("${zdt.format(yyyy)}", "${zdt.format(yyyy)}", "format needs a quoted pattern"),
         ("${zdt.explode()}", "${zdt.explode()}", "unknown method `explode`"),
         ("${zdt.format(\"yyyy\").addDay(1)}", "${zdt.format(\"yyyy\").addDay(1)}", "`format(...)` must come last"),
+        // Offsets past the dates chrono holds: an error, not a panic of
+        // the master (or of the API checking a document).
+        ("$[yyyyMMdd+999999999]", "$[yyyyMMdd+999999999]", "out of range"),
+        ("$[yyyyMMdd-99999999999999999999]", "$[yyyyMMdd-99999999999999999999]", "out of range"),
+        ("$[HHmmss+99999999999/24]", "$[HHmmss+99999999999/24]", "out of range"),
+        ("$[add_months(yyyyMMdd,99999999999)]", "$[add_months(yyyyMMdd,99999999999)]", "out of range"),
+        ("$[month_last_day(yyyyMMdd,9223372036854775807)]", "$[month_last_day(yyyyMMdd,9223372036854775807)]", "out of range"),
+        ("$[week_first_day(yyyyMMdd,9223372036854775807)]", "$[week_first_day(yyyyMMdd,9223372036854775807)]", "out of range"),
+        ("${zdt.addDay(999999999999)}", "${zdt.addDay(999999999999)}", "out of range"),
+        ("${zdt.addHour(999999999999999)}", "${zdt.addHour(999999999999999)}", "out of range"),
+        ("${zdt.addWeek(9223372036854775807)}", "${zdt.addWeek(9223372036854775807)}", "out of range"),
+        ("${zdt.add(1, 999999999999)}", "${zdt.add(1, 999999999999)}", "out of range"),
     ] {
         let err = substitute(text, &Params::new(), &ctx).unwrap_err();
         assert_eq!(err.expression, expr, "{text}");
@@ -231,4 +243,46 @@ fn time_zones_are_named_when_unknown() {
     assert_eq!(timezone("Asia/Shanghai").unwrap(), chrono_tz::Asia::Shanghai);
     assert!(timezone("Mars/Olympus").unwrap_err().to_string().contains("unknown time zone"));
     let _ = NaiveDate::from_ymd_opt(2024, 1, 1);
+}
+
+
+fn params(pairs: &[(&str, &str)]) -> Params {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn what_fails_every_run_is_found_before_any_run() {
+    for (pairs, name, message) in [
+        (&[("ok", "$[yyyyMMdd-1]"), ("out", "$[foo+1]")][..], "out", "cannot resolve `$[foo+1]`: unsupported pattern letter `f`"),
+        (&[("out", "x ${system.nope}")], "out", "cannot resolve `${system.nope}`: unknown built-in"),
+        (&[("out", "${zdt.explode()}")], "out", "unknown method `explode`"),
+        (&[("out", "$[yyyyMMdd")], "out", "missing `]`"),
+        (&[("a", "${b}"), ("b", "x${a}")], "a", "parameters refer to each other in a cycle: a -> b -> a"),
+        (&[("z", "${y}"), ("y", "${x}"), ("x", "-${y}")], "x", "cycle: x -> y -> x"),
+        (&[("self", "${self}/more")], "self", "cycle: self -> self"),
+    ] {
+        let err = crate::check(&params(pairs)).unwrap_err();
+        assert_eq!(err.name, name, "{pairs:?}: {err}");
+        assert!(err.to_string().contains(message), "{pairs:?}: {err}");
+    }
+}
+
+#[test]
+fn what_only_a_run_knows_passes_the_check() {
+    // Upstream outputs, run-time and project parameters, shell variables:
+    // names the document does not define are left to the run.
+    let ok = params(&[
+        ("dt", "${system.biz.date}"),
+        ("path", "/data/${dt}/${region}/${HOME}"),
+        ("hour", "$[yyyyMMddHH-1/24] ${zdt.addDay(-1).format(\"yyyyMMdd\")}"),
+        ("rows", "${rows_from_upstream}"),
+        ("mark", "${setValue(x=1)}"),
+        ("id", "${system.task.instance.id}"),
+    ]);
+    crate::check(&ok).unwrap();
+    check_text("echo ${dt} $HOME ${HOME} $5 ${setValue(rows=1)} $[yyyyMMdd]").unwrap();
+    assert!(check_text("echo ${system.nope}").unwrap_err().to_string().starts_with("cannot resolve `${system.nope}`"));
+    // The check agrees with a run: what passes resolves.
+    let layers = Layers { workflow: ok, ..Default::default() };
+    resolve(&layers, &at("2024-03-01 02:30:00")).unwrap();
 }

@@ -24,9 +24,25 @@
 //! schedule: {cron: "0 30 2 * * ?", timezone: Asia/Shanghai, start: 2026-01-01, misfire: run_once}
 //! ```
 //!
-//! Keys a task's type does not define are refused; type-specific keys
-//! (`script`, ...) become the task's `body`, checked by its plugin. The
-//! optional `schedule` is read by [`schedule_from_value`]; a document
+//! A task's keys are of two kinds. The generic ones ([`TASK_KEYS`]: `name`,
+//! `type`, `deps`, `params`, `retries`, `timeout` ...) mean the same for
+//! every type. The type-specific ones (`script` for shell and python) are
+//! the task's `body`, in a namespace of their own: written under `with:`,
+//! or, for a field whose name is not a generic key, at the task's top level
+//! too (the form every document used before `with:` existed). So a plugin
+//! may have a field named like a generic one (its own `timeout`), written
+//! `with: {timeout: 30}`; a top-level `timeout` is always the generic one.
+//! A field given both ways is refused, and so are keys the task's type does
+//! not define; the plugin checks the body.
+//!
+//! Parameter expressions are checked too, for what fails every run
+//! ([`sluice_params::check`]): a malformed `$[...]` or `${zdt...}`, an
+//! unknown `${system.*}`, parameters that refer to each other in a cycle,
+//! in the workflow's and each task's `params` and in the type-specific
+//! text. What only a run knows (upstream outputs, parameters given at the
+//! start) is left to the run.
+//!
+//! The optional `schedule` is read by [`schedule_from_value`]; a document
 //! without one says nothing about the workflow's schedule (the
 //! API leaves a stored one as it is).
 
@@ -67,11 +83,15 @@ pub struct WorkflowDocument {
     /// When the workflow fires by itself; `None` when the document has no
     /// `schedule` key.
     pub schedule: Option<ScheduleSpec>,
+    /// Per task, the body fields the document wrote under `with:`: so that
+    /// a mistake in one is named where the user wrote it.
+    nested: Vec<Vec<String>>,
 }
 
 const WORKFLOW_KEYS: &[&str] =
     &["project", "name", "description", "params", "failure_strategy", "priority", "worker_group", "tasks", "schedule"];
-const TASK_KEYS: &[&str] = &[
+/// A task's generic keys; `with` holds the type-specific ones.
+pub const TASK_KEYS: &[&str] = &[
     "name",
     "type",
     "description",
@@ -83,7 +103,11 @@ const TASK_KEYS: &[&str] = &[
     "timeout_strategy",
     "priority",
     "worker_group",
+    WITH,
 ];
+
+/// The key of a task's type-specific namespace.
+pub const WITH: &str = "with";
 
 /// Reads a YAML document.
 pub fn parse_yaml(text: &str) -> Result<WorkflowDocument, DocumentError> {
@@ -112,7 +136,8 @@ pub fn from_value(value: Value) -> Result<WorkflowDocument, DocumentError> {
         Some(Value::Array(tasks)) => tasks,
         Some(other) => return Err(err("tasks", format!("expected a list of tasks, got {}", kind(&other)))),
     };
-    let tasks = tasks.into_iter().enumerate().map(|(i, t)| task(i, t)).collect::<Result<Vec<_>, _>>()?;
+    let (tasks, nested): (Vec<TaskSpec>, Vec<Vec<String>>) =
+        tasks.into_iter().enumerate().map(|(i, t)| task(i, t)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
     let schedule = match doc.remove("schedule") {
         None | Some(Value::Null) => None,
         Some(value) => Some(schedule_from_value(value, "schedule")?),
@@ -120,6 +145,7 @@ pub fn from_value(value: Value) -> Result<WorkflowDocument, DocumentError> {
     Ok(WorkflowDocument {
         project,
         schedule,
+        nested,
         spec: WorkflowSpec {
             name,
             description: opt_text(&mut doc, "description", "description")?.unwrap_or_default(),
@@ -132,7 +158,8 @@ pub fn from_value(value: Value) -> Result<WorkflowDocument, DocumentError> {
     })
 }
 
-fn task(index: usize, value: Value) -> Result<TaskSpec, DocumentError> {
+/// A task, and the body fields it wrote under `with:`.
+fn task(index: usize, value: Value) -> Result<(TaskSpec, Vec<String>), DocumentError> {
     let at = format!("tasks[{index}]");
     let Value::Object(mut map) = value else {
         return Err(err(at, format!("a task is a mapping, got {}", kind(&value))));
@@ -169,10 +196,25 @@ fn task(index: usize, value: Value) -> Result<TaskSpec, DocumentError> {
     spec.timeout_strategy = opt_parsed(&mut map, "timeout_strategy", &path("timeout_strategy"))?.unwrap_or_default();
     spec.priority = opt_parsed(&mut map, "priority", &path("priority"))?.unwrap_or_default();
     spec.worker_group = opt_parsed(&mut map, "worker_group", &path("worker_group"))?;
-    // What is left is the type-specific part; its keys are checked against
-    // the plugin in `validate`, where the type's plugin is known.
+    let with = match map.remove(WITH) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(with)) => with,
+        Some(other) => {
+            return Err(err(path(WITH), format!("expected a mapping of the task type's own fields, got {}", kind(&other))));
+        }
+    };
+    // What is left is the type-specific part, with what `with` holds; its
+    // keys are checked against the plugin in `validate`, where the type's
+    // plugin is known.
+    let nested: Vec<String> = with.keys().cloned().collect();
+    for (key, value) in with {
+        if map.contains_key(&key) {
+            return Err(err(format!("{at}.{WITH}.{key}"), format!("given twice: also as `{at}.{key}`; write it in one place")));
+        }
+        map.insert(key, value);
+    }
     spec.body = map;
-    Ok(spec)
+    Ok((spec, nested))
 }
 
 pub(crate) fn kind(value: &Value) -> &'static str {
@@ -245,8 +287,10 @@ impl WorkflowDocument {
             return Err(err("name", "required"));
         }
         validate_name("workflow", &self.spec.name).map_err(|e| err("name", e.to_string()))?;
+        sluice_params::check(&self.spec.params).map_err(|e| err(format!("params.{}", e.name), e.error.to_string()))?;
         for (i, task) in self.spec.tasks.iter().enumerate() {
             let at = format!("tasks[{i}]");
+            let body_path = |key: &str| self.body_path(i, key);
             validate_name("task", &task.name).map_err(|e| err(format!("{at}.name"), e.to_string()))?;
             let plugin = plugins.get(task.task_type.as_str()).ok_or_else(|| {
                 err(
@@ -256,9 +300,17 @@ impl WorkflowDocument {
             })?;
             if let Some(unknown) = task.body.keys().find(|k| !plugin.body_fields().contains(&k.as_str())) {
                 let expected: Vec<&str> = TASK_KEYS.iter().chain(plugin.body_fields()).copied().collect();
-                return Err(err(format!("{at}.{unknown}"), format!("unknown field, expected one of: {}", expected.join(", "))));
+                return Err(err(body_path(unknown), format!("unknown field, expected one of: {}", expected.join(", "))));
             }
             plugin.validate(task).map_err(|message| err(at.clone(), message))?;
+            self.check_task_params(i, task)?;
+            // The master substitutes into the body's text fields (see
+            // master/src/run/resolve.rs): what fails there fails every run.
+            for (key, value) in &task.body {
+                if let Value::String(text) = value {
+                    sluice_params::check_text(text).map_err(|e| err(body_path(key), e.to_string()))?;
+                }
+            }
             for (j, dep) in task.deps.iter().enumerate() {
                 if !self.spec.tasks.iter().any(|t| &t.name == dep) {
                     return Err(err(format!("{at}.deps[{j}]"), format!("task `{}` depends on unknown task `{dep}`", task.name)));
@@ -272,9 +324,35 @@ impl WorkflowDocument {
     }
 }
 
+impl WorkflowDocument {
+    /// Where task `i`'s body field `key` is in the document.
+    fn body_path(&self, i: usize, key: &str) -> String {
+        let nested = self.nested.get(i).is_some_and(|keys| keys.iter().any(|k| k == key));
+        if nested { format!("tasks[{i}].{WITH}.{key}") } else { format!("tasks[{i}].{key}") }
+    }
+
+    /// A task's parameters as its runs see them (its own over the
+    /// workflow's), checked for what fails every run. The workflow's own
+    /// mistakes were named at `params` already; what is left is the task's.
+    fn check_task_params(&self, i: usize, task: &TaskSpec) -> Result<(), DocumentError> {
+        if task.params.is_empty() {
+            return Ok(());
+        }
+        let mut merged = self.spec.params.clone();
+        merged.extend(task.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        sluice_params::check(&merged).map_err(|e| {
+            // Every value the workflow's check did not see is the task's, and
+            // so is a parameter on every new cycle: name the first of them.
+            let name = std::iter::once(&e.name).chain(&e.cycle).find(|n| task.params.contains_key(*n)).unwrap_or(&e.name);
+            let at = if task.params.contains_key(name) { format!("tasks[{i}].params.{name}") } else { format!("params.{name}") };
+            err(at, e.error.to_string())
+        })
+    }
+}
+
 /// The document form of a stored workflow (type-specific keys back at the
-/// task's top level) and its schedule, as JSON; render it as YAML with
-/// [`to_yaml`].
+/// task's top level, under `with:` those named like a generic key) and its
+/// schedule, as JSON; render it as YAML with [`to_yaml`].
 pub fn to_value(project: &str, spec: &WorkflowSpec, schedule: Option<&ScheduleSpec>) -> Value {
     let mut doc = Map::new();
     doc.insert("project".into(), project.into());
@@ -298,8 +376,16 @@ pub fn to_value(project: &str, spec: &WorkflowSpec, schedule: Option<&ScheduleSp
             if !t.description.is_empty() {
                 task.insert("description".into(), t.description.clone().into());
             }
+            let mut with = Map::new();
             for (k, v) in &t.body {
-                task.insert(k.clone(), v.clone());
+                if TASK_KEYS.contains(&k.as_str()) {
+                    with.insert(k.clone(), v.clone());
+                } else {
+                    task.insert(k.clone(), v.clone());
+                }
+            }
+            if !with.is_empty() {
+                task.insert(WITH.into(), Value::Object(with));
             }
             if !t.deps.is_empty() {
                 task.insert("deps".into(), serde_json::to_value(&t.deps).expect("deps"));
@@ -438,7 +524,7 @@ schedule: {cron: "0 30 2 * * ?", timezone: Asia/Shanghai, start: 2026-01-01, end
     fn mistakes_are_named_with_their_path() {
         let cases = [
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\n  - {name: b, type: shell, script: x, retires: 2}\n",
-             "tasks[1].retires: unknown field, expected one of: name, type, description, deps, params, retries, retry_interval, timeout, timeout_strategy, priority, worker_group, script"),
+             "tasks[1].retires: unknown field, expected one of: name, type, description, deps, params, retries, retry_interval, timeout, timeout_strategy, priority, worker_group, with, script"),
             ("name: w\nschedulle: daily\ntasks: []\n", "schedulle: unknown field"),
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\nschedule: {cron: '0 61 2 * * ?'}\n",
              "schedule.cron: invalid cron expression `0 61 2 * * ?`: minutes field"),
@@ -466,12 +552,128 @@ schedule: {cron: "0 30 2 * * ?", timezone: Asia/Shanghai, start: 2026-01-01, end
             ("name: w\ntasks:\n  - {name: a, type: shell, script: x, worker_group: 'gpu pool'}\n", "tasks[0].worker_group: invalid worker group name"),
             ("name: w\ntasks: {a: 1}\n", "tasks: expected a list of tasks, got a mapping"),
             ("- just\n- a list\n", "a workflow document is a mapping, got a list"),
+            // Parameters and text that no run can resolve.
+            ("name: w\nparams: {dt: '$[foo+1]'}\ntasks:\n  - {name: a, type: shell, script: x}\n",
+             "params.dt: cannot resolve `$[foo+1]`: unsupported pattern letter `f`"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x}\n  - {name: b, type: shell, script: x}\n  - {name: c, type: shell, script: x, params: {out: 'v${system.nope}'}}\n",
+             "tasks[2].params.out: cannot resolve `${system.nope}`: unknown built-in"),
+            ("name: w\nparams: {a: '${b}', b: '${a}'}\ntasks:\n  - {name: a, type: shell, script: x}\n",
+             "params.a: cannot resolve `${a}`: parameters refer to each other in a cycle: a -> b -> a"),
+            ("name: w\nparams: {a: '${b}'}\ntasks:\n  - {name: a, type: shell, script: x, params: {b: 'x-${a}'}}\n",
+             "tasks[0].params.b: cannot resolve `${a}`: parameters refer to each other in a cycle: a -> b -> a"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: 'echo ${zdt.addDay(-1).explode()}'}\n",
+             "tasks[0].script: cannot resolve `${zdt.addDay(-1).explode()}`: unknown method `explode`"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, with: {script: 'echo $[yyyyMMdd-1x]'}}\n",
+             "tasks[0].with.script: cannot resolve `$[yyyyMMdd-1x]`"),
+            // The type-specific namespace.
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, with: {script: y}}\n",
+             "tasks[0].with.script: given twice: also as `tasks[0].script`"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, with: {script: x, timeout: 3}}\n", "tasks[0].with.timeout: unknown field"),
+            ("name: w\ntasks:\n  - {name: a, type: shell, script: x, with: [script]}\n", "tasks[0].with: expected a mapping of the task type's own fields"),
             ("name: [unclosed\n", "malformed YAML"),
         ];
         for (yaml, expected) in cases {
             let got = error_of(yaml);
             assert!(got.starts_with(expected), "for {yaml:?}\n  expected: {expected}\n  got:      {got}");
         }
+    }
+
+    #[test]
+    fn what_only_a_run_knows_is_left_to_the_run() {
+        // Upstream outputs, parameters given at the start, project
+        // parameters and shell variables are not the document's to know.
+        let doc = parse_yaml(
+            "name: w\nparams: {dt: '${system.biz.date}', path: '/d/${dt}/${region}'}\ntasks:\n  - {name: a, type: shell, script: 'echo ${setValue(rows=1)} $[yyyyMMdd-1]'}\n  - {name: b, type: shell, deps: [a], params: {n: '${rows}', home: '${HOME}', dt: '$[yyyyMMdd]'}, script: 'echo ${n} ${path} ${undefined_here}'}\n",
+        )
+        .unwrap();
+        doc.validate(&plugins()).unwrap();
+        // A task parameter that replaces a workflow one replaces it in the
+        // check too: no cycle once `b` is plain text.
+        let doc = parse_yaml("name: w\nparams: {a: '${b}', b: '${a}'}\ntasks:\n  - {name: t, type: shell, script: x}\n").unwrap();
+        assert!(doc.validate(&plugins()).is_err());
+        let doc = parse_yaml("name: w\nparams: {a: '${b}'}\ntasks:\n  - {name: t, type: shell, script: x, params: {b: plain}}\n").unwrap();
+        doc.validate(&plugins()).unwrap();
+    }
+
+    /// A plugin whose fields are named like generic keys.
+    struct Remote;
+
+    impl sluice_tasks::TaskPlugin for Remote {
+        fn task_type(&self) -> &'static str {
+            "remote"
+        }
+        fn body_fields(&self) -> &'static [&'static str] {
+            &["url", "timeout", "params", "with"]
+        }
+        fn validate(&self, spec: &TaskSpec) -> Result<(), String> {
+            match spec.body.get("url") {
+                Some(Value::String(_)) => Ok(()),
+                _ => Err("`url` is required for type remote".into()),
+            }
+        }
+        fn prepare(&self, _: &TaskDispatch, _: &std::path::Path) -> Result<sluice_tasks::ProcessSpec, String> {
+            Err("not run in this test".into())
+        }
+    }
+
+    #[test]
+    fn a_plugin_field_named_like_a_generic_key_lives_under_with() {
+        let plugins = plugins().with(std::sync::Arc::new(Remote));
+        let yaml = "name: w\ntasks:\n  - name: call\n    type: remote\n    url: https://example.com/job\n    timeout: 10m\n    params: {dt: '$[yyyyMMdd]'}\n    with: {timeout: 30, params: {verbose: true}, with: nested}\n";
+        let doc = parse_yaml(yaml).unwrap();
+        doc.validate(&plugins).unwrap();
+        let task = &doc.spec.tasks[0];
+        // The top-level keys are the generic ones...
+        assert_eq!(task.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(task.params["dt"], "$[yyyyMMdd]");
+        // ...and the plugin's own are in its body, under the same names.
+        assert_eq!(task.body["url"], "https://example.com/job", "a field no generic key claims may stay flat");
+        assert_eq!(task.body["timeout"], 30);
+        assert_eq!(task.body["params"], serde_json::json!({"verbose": true}));
+        assert_eq!(task.body["with"], "nested");
+        // Written back, the colliding fields go under `with`, the rest stay
+        // where today's documents have them; and it reads back the same.
+        let value = to_value("p", &doc.spec, None);
+        assert_eq!(value["tasks"][0]["url"], "https://example.com/job");
+        assert_eq!(value["tasks"][0]["with"], serde_json::json!({"timeout": 30, "params": {"verbose": true}, "with": "nested"}));
+        assert_eq!(value["tasks"][0]["timeout"], "10m");
+        let again = parse_yaml(&to_yaml("p", &doc.spec, None)).unwrap();
+        again.validate(&plugins).unwrap();
+        assert_eq!(again.spec.normalized(), doc.spec.normalized());
+    }
+
+    #[test]
+    fn the_flat_form_and_the_namespace_are_one_task() {
+        let flat = parse_yaml("name: w\ntasks:\n  - {name: a, type: shell, script: 'echo hi', timeout: 1m}\n").unwrap();
+        let nested = parse_yaml("name: w\ntasks:\n  - {name: a, type: shell, with: {script: 'echo hi'}, timeout: 1m}\n").unwrap();
+        nested.validate(&plugins()).unwrap();
+        assert_eq!(flat.spec, nested.spec);
+        // Today's documents write back unchanged: no `with` without need.
+        assert!(to_value("p", &flat.spec, None)["tasks"][0].get(WITH).is_none());
+    }
+
+    /// The example files and the README's workflow snippets parse and
+    /// validate as they are.
+    #[test]
+    fn the_examples_and_readme_snippets_still_read() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+            let path = entry.unwrap().path();
+            let doc = parse_yaml(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            doc.validate(&plugins()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+        assert!(seen >= 2, "the examples were not found");
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let snippets: Vec<&str> = readme.split("```yaml\n").skip(1).map(|rest| rest.split("```").next().unwrap()).filter(|s| s.contains("tasks:")).collect();
+        assert!(!snippets.is_empty(), "no workflow in README.md");
+        for snippet in snippets {
+            let doc = parse_yaml(snippet).unwrap_or_else(|e| panic!("README snippet: {e}\n{snippet}"));
+            doc.validate(&plugins()).unwrap_or_else(|e| panic!("README snippet: {e}\n{snippet}"));
+        }
+        // And the crate's own example above.
+        parse_yaml(EXAMPLE).unwrap().validate(&plugins()).unwrap();
     }
 
     #[test]
