@@ -34,7 +34,9 @@ async fn put_big_workflow(sandbox: &Sandbox) {
     assert!(status == 201 || status == 200, "the API refused a 5 MB script: {status} {}", response.text().await.unwrap());
 }
 
-async fn run_big(sandbox: &Sandbox) -> WorkflowInstanceId {
+/// Stores and runs the big workflow; returns once its task is dispatched.
+async fn queue_big(sandbox: &Sandbox) -> (WorkflowInstance, Vec<TaskInstance>) {
+    put_big_workflow(sandbox).await;
     let response = sluice_e2e::http_client()
         .post(format!("{}/api/v1/projects/e2e/workflows/big/runs", sandbox.api_url()))
         .json(&json!({}))
@@ -43,7 +45,8 @@ async fn run_big(sandbox: &Sandbox) -> WorkflowInstanceId {
         .unwrap();
     assert_eq!(response.status().as_u16(), 202);
     let body: Value = response.json().await.unwrap();
-    WorkflowInstanceId(body["workflow_instance_id"].as_i64().unwrap())
+    let id = WorkflowInstanceId(body["workflow_instance_id"].as_i64().unwrap());
+    sandbox.wait_until(id, MINUTE, "big queued", |_, t| t.iter().any(|t| t.state == TaskState::Dispatched)).await
 }
 
 /// Takes the one entry of queue `late`, checks it is a small ticket naming
@@ -68,25 +71,25 @@ async fn inspect_the_queue(sandbox: &mut Sandbox, task: &TaskInstance) -> QueueT
     ticket
 }
 
-async fn log_text(sandbox: &Sandbox, task: &TaskInstance) -> String {
-    let url = format!("{}/api/v1/task-instances/{}/log?limit=1000", sandbox.api_url(), task.id);
-    sluice_e2e::http_client().get(url).send().await.unwrap().text().await.unwrap()
+/// Starts a worker for group `late` and waits for the run's success; the
+/// log shows the whole script ran with its parameter.
+async fn the_big_task_runs(sandbox: &mut Sandbox, id: WorkflowInstanceId) -> (WorkflowInstance, Vec<TaskInstance>) {
+    sandbox.add_worker(&["late"], 1).await;
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
+    let url = format!("{}/api/v1/task-instances/{}/log?limit=1000", sandbox.api_url(), tasks[0].id);
+    let log = sluice_e2e::http_client().get(url).send().await.unwrap().text().await.unwrap();
+    assert!(log.contains(&format!("pad={PAD} token={SECRET}")), "the whole script ran with its parameters: {}", &log[..log.len().min(2000)]);
+    (wi, tasks)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_5_mb_script_with_a_secret_runs_through_a_queue_that_holds_neither() {
     let mut sandbox = Sandbox::cluster(1, 0).await;
-    put_big_workflow(&sandbox).await;
-    let id = run_big(&sandbox).await;
-    let (_, tasks) = sandbox.wait_until(id, MINUTE, "big queued", |_, t| t.iter().any(|t| t.state == TaskState::Dispatched)).await;
+    let (wi, tasks) = queue_big(&sandbox).await;
     let ticket = inspect_the_queue(&mut sandbox, &tasks[0]).await;
     assert_eq!(Some(ticket.master), sandbox.master_addrs().first().cloned());
-
-    sandbox.add_worker(&["late"], 1).await;
-    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
-    assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
-    let log = log_text(&sandbox, &tasks[0]).await;
-    assert!(log.contains(&format!("pad={PAD} token={SECRET}")), "the whole script ran with its parameters: {}", &log[..log.len().min(2000)]);
+    the_big_task_runs(&mut sandbox, wi.id).await;
     sandbox.shutdown().await;
 }
 
@@ -96,22 +99,16 @@ async fn a_5_mb_script_with_a_secret_runs_through_a_queue_that_holds_neither() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ticket_of_a_dead_master_is_fetched_from_the_instance_new_owner() {
     let mut sandbox = Sandbox::cluster(2, 0).await;
-    put_big_workflow(&sandbox).await;
-    let id = run_big(&sandbox).await;
-    let (wi, tasks) = sandbox.wait_until(id, MINUTE, "big queued", |_, t| t.iter().any(|t| t.state == TaskState::Dispatched)).await;
+    let (wi, tasks) = queue_big(&sandbox).await;
     let first = wi.owner.clone().expect("an owner");
     inspect_the_queue(&mut sandbox, &tasks[0]).await;
     sandbox.crash_master(&first).await;
-    let (adopted, _) = sandbox.wait_until(id, MINUTE, "adopted", |wi, _| wi.owner.as_ref().is_some_and(|o| *o != first)).await;
+    let (adopted, _) = sandbox.wait_until(wi.id, MINUTE, "adopted", |wi, _| wi.owner.as_ref().is_some_and(|o| *o != first)).await;
     let ticket = inspect_the_queue(&mut sandbox, &tasks[0]).await;
     assert_eq!(ticket.master, first, "the entry still names the dead master");
 
-    sandbox.add_worker(&["late"], 1).await;
-    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
-    assert_eq!(wi.state, WorkflowState::Success, "{tasks:?}");
+    let (wi, tasks) = the_big_task_runs(&mut sandbox, wi.id).await;
     assert_eq!((tasks[0].attempt, tasks[0].failovers), (1, 0), "the queued attempt ran, none other: {tasks:?}");
     assert_eq!(wi.owner, adopted.owner);
-    let log = log_text(&sandbox, &tasks[0]).await;
-    assert!(log.contains(&format!("pad={PAD} token={SECRET}")), "{}", &log[..log.len().min(2000)]);
     sandbox.shutdown().await;
 }

@@ -26,9 +26,9 @@ impl Board {
 
     /// Posts `dispatch` (replacing an earlier attempt's) and returns the
     /// ticket to queue for it.
-    pub fn post(&self, dispatch: TaskDispatch) -> QueueTicket {
+    pub fn post(&self, dispatch: Arc<TaskDispatch>) -> QueueTicket {
         let ticket = QueueTicket::of(&dispatch);
-        self.lock().entry(dispatch.workflow_instance_id).or_default().insert(dispatch.task_instance_id, Arc::new(dispatch));
+        self.lock().entry(dispatch.workflow_instance_id).or_default().insert(dispatch.task_instance_id, dispatch);
         ticket
     }
 
@@ -87,16 +87,16 @@ mod tests {
     #[test]
     fn an_attempt_is_found_until_taken_down_or_replaced() {
         let board = Board::default();
-        let ticket = board.post(dispatch(1, 10, 1));
+        let ticket = board.post(Arc::new(dispatch(1, 10, 1)));
         assert_eq!((ticket.task_instance_id, ticket.attempt, ticket.master.as_str()), (TaskInstanceId(10), 1, "m:1"));
-        board.post(dispatch(1, 11, 1));
-        board.post(dispatch(2, 20, 1));
+        board.post(Arc::new(dispatch(1, 11, 1)));
+        board.post(Arc::new(dispatch(2, 20, 1)));
         assert_eq!(board.get(WorkflowInstanceId(1), TaskInstanceId(10), 1).unwrap().attempt, 1);
         assert!(board.get(WorkflowInstanceId(1), TaskInstanceId(10), 2).is_none(), "another attempt");
         assert!(board.get(WorkflowInstanceId(2), TaskInstanceId(10), 1).is_none(), "another instance");
 
         // A new attempt replaces the old; taking the old one down keeps it.
-        board.post(dispatch(1, 10, 2));
+        board.post(Arc::new(dispatch(1, 10, 2)));
         assert!(board.get(WorkflowInstanceId(1), TaskInstanceId(10), 1).is_none());
         board.take_down(WorkflowInstanceId(1), TaskInstanceId(10), 1);
         assert!(board.get(WorkflowInstanceId(1), TaskInstanceId(10), 2).is_some());

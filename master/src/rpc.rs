@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use sluice_domain::{TaskInstanceId, WorkflowInstanceId};
+use sluice_domain::{TaskInstanceId, WorkflowInstance, WorkflowInstanceId};
 use sluice_proto::v1::master_service_server::MasterService;
 use sluice_proto::v1::task_event_request::Event;
 use sluice_proto::v1::fetch_task_reply::Answer;
-use sluice_proto::v1::{AttemptRef, CheckAttemptsReply, CheckAttemptsRequest, FetchTaskReply, FetchTaskRequest, TaskEventReply, TaskEventRequest, TaskOutcome};
+use sluice_proto::v1::{CheckAttemptsReply, CheckAttemptsRequest, FetchTaskReply, FetchTaskRequest, TaskEventReply, TaskEventRequest, TaskOutcome};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
@@ -52,66 +52,57 @@ impl MasterRpc {
         MasterRpc { shared }
     }
 
+    /// The instance of `task`'s attempt `attempt` while that attempt can
+    /// still matter: it is the task's current attempt, not over, of an
+    /// instance that is not over (and is `instance`, when the caller knows
+    /// which it must be). `None` when it is stale.
+    async fn live_attempt(&self, instance: Option<WorkflowInstanceId>, task: TaskInstanceId, attempt: u32) -> Result<Option<WorkflowInstance>, Status> {
+        let unavailable = |e: sluice_storage::StoreError| Status::unavailable(e.to_string());
+        let store = &self.shared.store;
+        let Some(task) = store.task_instance(task).await.map_err(unavailable)? else { return Ok(None) };
+        if instance.is_some_and(|id| id != task.workflow_instance_id) || task.attempt != attempt || task.state.is_final() {
+            return Ok(None);
+        }
+        let instance = store.workflow_instance(task.workflow_instance_id).await.map_err(unavailable)?;
+        Ok(instance.filter(|i| !i.state.is_final()))
+    }
+
+    /// The instance's owner, if another master.
+    fn owner_elsewhere(&self, instance: WorkflowInstance) -> Option<String> {
+        instance.owner.filter(|o| *o != self.shared.addr)
+    }
+
     /// An event for an instance this master does not drive: acknowledge it
     /// if it can no longer matter (its attempt or instance is over), so the
     /// worker stops resending; refuse it otherwise, so the worker keeps it
     /// for the instance's real owner.
     async fn event_for_undriven(&self, event: &TaskEventRequest) -> Result<TaskEventReply, Status> {
-        let store = &self.shared.store;
-        let task = store
-            .task_instance(TaskInstanceId(event.task_instance_id))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let stale = match task {
-            None => true,
-            Some(t) => t.workflow_instance_id != WorkflowInstanceId(event.workflow_instance_id) || t.attempt != event.attempt || t.state.is_final(),
-        };
-        let instance_over = store
-            .workflow_instance(WorkflowInstanceId(event.workflow_instance_id))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .is_none_or(|i| i.state.is_final());
-        if stale || instance_over {
+        let id = WorkflowInstanceId(event.workflow_instance_id);
+        let Some(instance) = self.live_attempt(Some(id), TaskInstanceId(event.task_instance_id), event.attempt).await? else {
             return Ok(TaskEventReply { accepted: true, reason: "stale event ignored".into(), owner: String::new() });
-        }
+        };
         // Point the worker at the owner; if that is this master (it is
         // adopting the instance right now), the worker just resends.
-        let owner = store
-            .workflow_instance(WorkflowInstanceId(event.workflow_instance_id))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .and_then(|i| i.owner)
-            .filter(|o| *o != self.shared.addr)
-            .unwrap_or_default();
         Ok(TaskEventReply {
             accepted: false,
-            reason: format!("master {} does not drive workflow instance {}", self.shared.addr, event.workflow_instance_id),
-            owner,
+            reason: format!("master {} does not drive workflow instance {id}", self.shared.addr),
+            owner: self.owner_elsewhere(instance).unwrap_or_default(),
         })
     }
-}
 
-impl MasterRpc {
     /// A fetch for an instance this master does not drive: stale if the
     /// attempt can no longer run, the owner's address if another master
     /// owns it, UNAVAILABLE if this master owns it and is not driving it
     /// yet (the worker asks again).
     async fn fetch_for_undriven(&self, request: &FetchTaskRequest) -> Result<Answer, Status> {
-        let store = &self.shared.store;
-        let unavailable = |e: sluice_storage::StoreError| Status::unavailable(e.to_string());
         let id = WorkflowInstanceId(request.workflow_instance_id);
-        let Some(instance) = store.workflow_instance(id).await.map_err(unavailable)? else {
-            return Ok(Answer::Stale(format!("workflow instance {id} does not exist")));
+        let Some(instance) = self.live_attempt(Some(id), TaskInstanceId(request.task_instance_id), request.attempt).await? else {
+            return Ok(Answer::Stale(format!(
+                "attempt {} of task instance {} is not current (a newer attempt exists, or the task or workflow instance {id} is over)",
+                request.attempt, request.task_instance_id
+            )));
         };
-        if instance.state.is_final() {
-            return Ok(Answer::Stale(format!("workflow instance {id} is {}", instance.state)));
-        }
-        let task = store.task_instance(TaskInstanceId(request.task_instance_id)).await.map_err(unavailable)?;
-        match task {
-            Some(t) if t.workflow_instance_id == id && t.attempt == request.attempt && !t.state.is_final() => {}
-            _ => return Ok(Answer::Stale(format!("attempt {} of task instance {} is not current", request.attempt, request.task_instance_id))),
-        }
-        match instance.owner.filter(|o| *o != self.shared.addr) {
+        match self.owner_elsewhere(instance) {
             Some(owner) => Ok(Answer::Owner(owner)),
             None => Err(Status::unavailable(format!("master {} does not drive workflow instance {id} yet", self.shared.addr))),
         }
@@ -148,16 +139,9 @@ impl MasterService for MasterRpc {
     async fn check_attempts(&self, request: Request<CheckAttemptsRequest>) -> Result<Response<CheckAttemptsReply>, Status> {
         let mut stale = Vec::new();
         for attempt in request.into_inner().attempts {
-            let store = &self.shared.store;
-            let task = store.task_instance(TaskInstanceId(attempt.task_instance_id)).await.map_err(|e| Status::unavailable(e.to_string()))?;
-            let mut current = task.as_ref().is_some_and(|t| t.attempt == attempt.attempt && !t.state.is_final());
-            if let Some(task) = task.filter(|_| current) {
-                // An attempt of an instance that is over runs for nothing.
-                let instance = store.workflow_instance(task.workflow_instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
-                current = instance.is_some_and(|i| !i.state.is_final());
-            }
-            if !current {
-                stale.push(AttemptRef { task_instance_id: attempt.task_instance_id, attempt: attempt.attempt });
+            // An attempt of an instance that is over runs for nothing.
+            if self.live_attempt(None, TaskInstanceId(attempt.task_instance_id), attempt.attempt).await?.is_none() {
+                stale.push(attempt);
             }
         }
         Ok(Response::new(CheckAttemptsReply { stale }))

@@ -94,12 +94,21 @@ pub(crate) async fn run(
                 // Stopped before it started: nothing ran, and the master
                 // settles the attempt (its watchdog sees it taken and
                 // never reported running).
-                _ = &mut stop => return warn!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, "stopped while fetching the dispatch; not run"),
+                _ = &mut stop => {
+                    warn!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, "stopped while fetching the dispatch; not run");
+                    return;
+                }
             };
             match fetched {
                 Ok(dispatch) => dispatch,
-                Err(NotRun::Stale(why)) => return info!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, reason = %why, "attempt is stale; not run"),
-                Err(error) => return error!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, key = %item.key, %error, "cannot get the attempt's dispatch; not run (its master queues a new attempt)"),
+                Err(NotRun::Stale(why)) => {
+                    info!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, reason = %why, "attempt is stale; not run");
+                    return;
+                }
+                Err(error) => {
+                    error!(task_instance = %ticket.task_instance_id, attempt = ticket.attempt, key = %item.key, %error, "cannot get the attempt's dispatch; not run (its master queues a new attempt)");
+                    return;
+                }
             }
         }
     };

@@ -19,12 +19,9 @@ use sluice_proto::v1::fetch_task_reply::Answer;
 use sluice_proto::v1::FetchTaskRequest;
 use tracing::{debug, info, warn};
 
+use crate::outbox::Pursuit;
 use crate::Shared;
 
-const FIRST_RETRY: Duration = Duration::from_millis(50);
-const MAX_RETRY: Duration = Duration::from_secs(2);
-/// Failed fetches from one master before asking the live ones.
-const ASK_OTHERS_AFTER: u32 = 3;
 /// How long a worker keeps asking (see the module's documentation).
 pub(crate) const GIVE_UP: Duration = Duration::from_secs(60);
 
@@ -77,18 +74,13 @@ pub(crate) async fn dispatch(shared: &Shared, ticket: &QueueTicket) -> Result<Ta
         worker: shared.addr.clone(),
     };
     let started = tokio::time::Instant::now();
-    let mut target = ticket.master.clone();
-    let mut wait = FIRST_RETRY;
-    let mut unreachable = 0u32;
+    let mut pursuit = Pursuit::new(ticket.master.clone());
     let mut last_error = String::from("no master to ask");
     let mut redirects = 0u32;
+    let mut warned = false;
     loop {
-        let mut targets = vec![target.clone()];
-        if unreachable >= ASK_OTHERS_AFTER {
-            targets.extend(shared.outbox.live_masters(&target).await);
-        }
         let mut redirected = false;
-        for to in targets {
+        for to in pursuit.round(&shared.outbox).await {
             let Some(mut client) = shared.outbox.client(&to) else {
                 last_error = format!("master address `{to}` is not a valid host:port");
                 continue;
@@ -99,18 +91,15 @@ pub(crate) async fn dispatch(shared: &Shared, ticket: &QueueTicket) -> Result<Ta
                     return TaskDispatch::from_json(&raw).map_err(NotRun::Malformed);
                 }
                 Ok(Some(Answer::Stale(why))) => return Err(NotRun::Stale(why)),
-                Ok(Some(Answer::Owner(owner))) if owner != target => {
+                Ok(Some(Answer::Owner(owner))) if owner != pursuit.target() => {
                     info!(from = %to, to = %owner, task_instance = request.task_instance_id, "dispatch fetched from the instance's owner");
-                    target = owner;
-                    unreachable = 0;
+                    pursuit.redirect(owner);
                     redirected = true;
                     break;
                 }
                 Ok(_) => last_error = format!("master {to} gave no answer"),
                 Err(status) => {
-                    if to == target {
-                        unreachable += 1;
-                    }
+                    pursuit.answered(&to, false);
                     last_error = format!("{to}: {}", status.message());
                 }
             }
@@ -125,10 +114,10 @@ pub(crate) async fn dispatch(shared: &Shared, ticket: &QueueTicket) -> Result<Ta
         if started.elapsed() >= GIVE_UP {
             return Err(NotRun::NoAnswer(GIVE_UP, last_error));
         }
-        if wait == FIRST_RETRY {
+        if !warned {
+            warned = true;
             warn!(task_instance = request.task_instance_id, attempt = request.attempt, error = %last_error, "cannot fetch the dispatch; asking again");
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_RETRY);
+        pursuit.pause().await;
     }
 }

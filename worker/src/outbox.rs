@@ -95,7 +95,7 @@ impl Outbox {
     }
 
     /// Live masters other than `except`.
-    pub(crate) async fn live_masters(&self, except: &str) -> Vec<String> {
+    async fn live_masters(&self, except: &str) -> Vec<String> {
         match self.registry.members(&paths::masters_dir()).await {
             Ok(members) => members.into_iter().map(|m| m.name).filter(|m| m != except).collect(),
             Err(_) => Vec::new(),
@@ -181,25 +181,70 @@ async fn deliver(outbox: Arc<Outbox>, master: String, mut queue: mpsc::Unbounded
     }
 }
 
+/// Asking masters about one instance, round after round: the master named
+/// so far (`target`) first, and once it failed to answer
+/// [`ASK_OTHERS_AFTER`] times in a row, every live master too (any master
+/// can name an instance's owner); rounds wait from [`FIRST_RETRY`],
+/// doubling up to [`MAX_RETRY`]. Task events and dispatch fetches both
+/// find their master this way.
+pub(crate) struct Pursuit {
+    target: String,
+    unreachable: u32,
+    wait: Duration,
+}
+
+impl Pursuit {
+    pub(crate) fn new(target: String) -> Self {
+        Pursuit { target, unreachable: 0, wait: FIRST_RETRY }
+    }
+
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The masters to ask this round, the target first.
+    pub(crate) async fn round(&self, outbox: &Outbox) -> Vec<String> {
+        let mut masters = vec![self.target.clone()];
+        if self.unreachable >= ASK_OTHERS_AFTER {
+            masters.extend(outbox.live_masters(&self.target).await);
+        }
+        masters
+    }
+
+    /// `to` answered, or (`reached: false`) could not be reached.
+    pub(crate) fn answered(&mut self, to: &str, reached: bool) {
+        if to == self.target {
+            self.unreachable = if reached { 0 } else { self.unreachable + 1 };
+        }
+    }
+
+    /// A master named the owner: ask it from now on.
+    pub(crate) fn redirect(&mut self, owner: String) {
+        self.target = owner;
+        self.unreachable = 0;
+    }
+
+    /// Waits before the next round.
+    pub(crate) async fn pause(&mut self) {
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(MAX_RETRY);
+    }
+}
+
 /// Sends `event` until a master accepts it: the task's current route (the
 /// dispatch's master at first), the owner a master names, or, while the
 /// route is unreachable, any live master.
 async fn deliver_one(outbox: &Outbox, master: &str, event: TaskEventRequest) {
     let task = event.task_instance_id;
-    let mut wait = FIRST_RETRY;
+    // Only this lane changes the task's route: it stays in `pursuit`.
+    let mut pursuit = Pursuit::new(outbox.route(task).unwrap_or_else(|| master.to_owned()));
     let mut failures = 0u32;
-    let mut unreachable = 0u32;
     loop {
-        let target = outbox.route(task).unwrap_or_else(|| master.to_owned());
-        let mut targets = vec![target.clone()];
-        if unreachable >= ASK_OTHERS_AFTER {
-            targets.extend(outbox.live_masters(&target).await);
-        }
-        for to in targets {
+        for to in pursuit.round(outbox).await {
             let Some(mut client) = outbox.client(&to) else { continue };
             match client.report_task_event(event.clone()).await {
                 Ok(reply) if reply.get_ref().accepted => {
-                    if to != target {
+                    if to != pursuit.target() {
                         outbox.reroute(task, &to);
                     }
                     if failures > 0 {
@@ -211,23 +256,19 @@ async fn deliver_one(outbox: &Outbox, master: &str, event: TaskEventRequest) {
                 }
                 Ok(reply) => {
                     let reply = reply.into_inner();
-                    if !reply.owner.is_empty() && reply.owner != target {
-                        info!(from = %target, to = %reply.owner, task_instance = task, "task events redirected to the instance's owner");
+                    if !reply.owner.is_empty() && reply.owner != pursuit.target() {
+                        info!(from = %pursuit.target(), to = %reply.owner, task_instance = task, "task events redirected to the instance's owner");
                         outbox.reroute(task, &reply.owner);
-                        unreachable = 0;
+                        pursuit.redirect(reply.owner);
                         break;
                     }
-                    if to == target {
-                        unreachable = 0;
-                    }
+                    pursuit.answered(&to, true);
                     if failures == 0 {
                         warn!(master = %to, task_instance = task, attempt = event.attempt, reason = %reply.reason, "master refused task event; will resend");
                     }
                 }
                 Err(status) => {
-                    if to == target {
-                        unreachable += 1;
-                    }
+                    pursuit.answered(&to, false);
                     if failures == 0 {
                         warn!(master = %to, task_instance = task, attempt = event.attempt, error = %status.message(), code = ?status.code(), "cannot deliver task event; will resend");
                     } else {
@@ -237,7 +278,6 @@ async fn deliver_one(outbox: &Outbox, master: &str, event: TaskEventRequest) {
             }
         }
         failures += 1;
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_RETRY);
+        pursuit.pause().await;
     }
 }

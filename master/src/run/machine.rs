@@ -447,7 +447,7 @@ impl RunMachine {
     pub(super) fn entry(&self, node: TaskNode) -> Result<QueueEntry, sluice_params::ExprError> {
         let row = self.row(node).expect("a dispatched task has a row");
         let dispatch = resolve::dispatch(&self.ctx, &self.instance, &self.def, &self.specs[node], row, self.upstream_outputs(node))?;
-        Ok(QueueEntry { node, group: row.worker_group.to_string(), key: self.queue_key(node).expect("a row").encode(), dispatch })
+        Ok(QueueEntry { node, group: row.worker_group.to_string(), key: self.queue_key(node).expect("a row").encode(), dispatch: std::sync::Arc::new(dispatch) })
     }
 }
 

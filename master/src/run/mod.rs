@@ -107,7 +107,8 @@ pub(crate) struct QueueEntry {
     pub node: TaskNode,
     pub group: String,
     pub key: String,
-    pub dispatch: TaskDispatch,
+    /// Shared with the master's board of dispatches (see `crate::dispatches`).
+    pub dispatch: std::sync::Arc<TaskDispatch>,
 }
 
 /// A queue entry to take back.

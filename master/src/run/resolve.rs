@@ -66,7 +66,7 @@ pub(crate) fn dispatch(
 /// The answer to a worker that took an attempt's queue entry.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Fetched {
-    Found(TaskDispatch),
+    Found(std::sync::Arc<TaskDispatch>),
     /// Not to be run, and why.
     Stale(String),
 }

@@ -225,7 +225,7 @@ impl Sim {
                     Vec::new()
                 }
                 Effect::RunInMaster(entries) => {
-                    self.in_master.extend(entries.into_iter().map(|e| e.dispatch.task));
+                    self.in_master.extend(entries.into_iter().map(|e| e.dispatch.task.clone()));
                     Vec::new()
                 }
                 Effect::CancelInMaster(orders) => {
