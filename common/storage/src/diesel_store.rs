@@ -231,20 +231,26 @@ macro_rules! store_impl {
                 let state = n.state().map_err(|e| StoreError::StaleState(format!("new task `{}`: {e}", n.name)))?;
                 values.push(NewTaskInstanceRow::new(n, state, now));
             }
+            let mut names = std::collections::HashSet::with_capacity(new.len());
+            if let Some(twice) = new.iter().find(|n| !names.insert(n.name.as_str())) {
+                return Err(StoreError::Conflict(format!(
+                    "workflow instance {}: task `{}` is created twice in one write",
+                    fence.workflow_instance_id, twice.name
+                )));
+            }
             let mut rows: std::collections::HashMap<String, TaskInstanceRow> = std::collections::HashMap::with_capacity(new.len());
             for chunk in values.chunks(CHUNK) {
-                let inserted: Vec<TaskInstanceRow> = diesel::insert_into(task_instances::table)
-                    .values(chunk)
-                    .returning(TaskInstanceRow::as_returning())
-                    .get_results(c)
-                    .map_err(|e| match StoreError::from(e) {
-                        StoreError::Conflict(_) => StoreError::Conflict(format!(
-                            "workflow instance {} already has a task instance of one of: {}",
+                let inserted = diesel::insert_into(task_instances::table).values(chunk).returning(TaskInstanceRow::as_returning()).get_results(c);
+                let inserted: Vec<TaskInstanceRow> = match inserted {
+                    Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, info)) => {
+                        return Err(StoreError::Conflict(format!(
+                            "workflow instance {} already has a task instance of {}: nothing was written",
                             fence.workflow_instance_id,
-                            chunk.iter().map(|r| format!("`{}`", r.name)).collect::<Vec<_>>().join(", ")
-                        )),
-                        other => other,
-                    })?;
+                            twin_names(c, fence, chunk, info.details())
+                        )));
+                    }
+                    other => other?,
+                };
                 rows.extend(inserted.into_iter().map(|r| (r.name.clone(), r)));
             }
             // Matched by name (unique per workflow instance), not by the order
@@ -252,6 +258,27 @@ macro_rules! store_impl {
             new.iter()
                 .map(|n| rows.remove(&n.name).ok_or_else(|| StoreError::Database(format!("task `{}` was not inserted", n.name)))?.into_domain())
                 .collect()
+        }
+
+        /// The tasks of `chunk` that already have a row, for the error of a
+        /// violated `(workflow_instance_id, name)`: PostgreSQL names the key
+        /// in the error's detail (and refuses further queries in the failed
+        /// transaction); SQLite names only the columns, but lets the
+        /// transaction go on, so it is asked.
+        fn twin_names(c: &mut Conn, fence: Fence, chunk: &[NewTaskInstanceRow], detail: Option<&str>) -> String {
+            // `Key (workflow_instance_id, name)=(12, load) already exists.`
+            let from_detail = detail
+                .and_then(|d| d.split_once(")=(")?.1.rsplit_once(") already exists")?.0.split_once(", ").map(|(_, name)| name.to_owned()));
+            let names = match from_detail {
+                Some(name) => vec![name],
+                None => task_instances::table
+                    .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                    .filter(task_instances::name.eq_any(chunk.iter().map(|r| r.name.as_str())))
+                    .select(task_instances::name)
+                    .load::<String>(c)
+                    .unwrap_or_else(|_| chunk.iter().map(|r| r.name.clone()).collect()),
+            };
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         }
 
         /// Applies a workflow-instance change, compare-and-set on its state,

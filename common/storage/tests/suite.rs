@@ -72,6 +72,7 @@ store_suite!(
     stale_fences_are_refused,
     task_instances_are_created_and_updated_under_the_fence,
     task_instances_can_be_created_dispatched,
+    a_task_has_one_row_per_workflow_instance,
     task_updates_and_their_successors_are_written_together,
     state_changes_are_compare_and_set_through_the_table,
     alike_changes_of_many_tasks_are_written_in_batches,
@@ -682,6 +683,45 @@ async fn task_instances_can_be_created_dispatched(store: Arc<dyn Store>) {
     let err = store.create_tasks(fence, &[new_task("d", &[TaskEvent::Dispatch])]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 3);
+}
+
+/// `(workflow_instance_id, name)` is unique: a second row of a task is
+/// refused naming the task, with nothing of its write kept; a rerun reuses
+/// the row (its `run` goes up) instead of adding one.
+async fn a_task_has_one_row_per_workflow_instance(store: Arc<dyn Store>) {
+    use TaskEvent as E;
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let new_task = |name: &str| NewTaskInstance { events: vec![E::Dispatch], ..new_task_of(&w, &wi, name) };
+    let a = store.create_tasks(fence, &[new_task("a")]).await.unwrap().remove(0);
+
+    // Against the stored row, alone or with a task that is new.
+    for batch in [vec![new_task("a")], vec![new_task("b"), new_task("a")]] {
+        let err = store.create_tasks(fence, &batch).await.unwrap_err();
+        let expected = format!("workflow instance {} already has a task instance of `a`: nothing was written", wi.id);
+        assert!(matches!(&err, StoreError::Conflict(m) if *m == expected), "{err}");
+    }
+    // Twice in one write, with the rest of a run write.
+    let twins = RunWrite {
+        tasks: vec![change(&a, &[E::Start], TaskUpdate::default())],
+        create: vec![new_task("c"), new_task("c")],
+        ..Default::default()
+    };
+    let err = store.write_run(fence, &twins).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains("task `c` is created twice in one write")), "{err}");
+    let stored = store.task_instances(wi.id).await.unwrap();
+    assert_eq!(stored.iter().map(|t| (t.name.as_str(), t.state)).collect::<Vec<_>>(), [("a", TaskState::Dispatched)], "nothing else was written");
+
+    // The same task in another instance is another row.
+    let other = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    store.create_tasks(other.fence(), &[NewTaskInstance { workflow_instance_id: other.id, ..new_task("a") }]).await.unwrap();
+
+    // A rerun restarts the row it has.
+    let done = store.change_task(fence, &change(&a, &[E::Start, E::Succeed], TaskUpdate::default())).await.unwrap();
+    let again = store.change_task(fence, &change(&done, &[E::Rerun], TaskUpdate { run: Some(2), ..Default::default() })).await.unwrap();
+    assert_eq!((again.id, again.state, again.run), (a.id, TaskState::Submitted, 2));
+    assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 1);
 }
 
 /// A task's end and the tasks it unblocks are one commit: both or neither.
