@@ -17,7 +17,7 @@ use sluice_domain::*;
 use crate::error::StoreError;
 use crate::rows::*;
 use crate::schema::*;
-use crate::{Backend, PoolOptions, Result, RunWrite, RunWritten, SavedWorkflow, Store, WorkflowVersionInfo};
+use crate::{Backend, Fired, PoolOptions, Result, RunWrite, RunWritten, SavedWorkflow, ScheduledFire, Store, WorkflowVersionInfo};
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/sqlite");
@@ -164,6 +164,7 @@ macro_rules! store_impl {
         backend: $backend:expr,
         write_txn: $txn:ident,
         claim_lock: [$($claim_lock:tt)*],
+        update_lock: [$($update_lock:tt)*],
         share_lock: [$($share_lock:tt)*] $(,)?
     ) => {
         type Conn = $conn;
@@ -846,21 +847,15 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn insert_scheduled_commands(&self, commands: &[NewCommand], publish_at: Timestamp) -> Result<Vec<Option<CommandId>>> {
-                let mut fires = Vec::with_capacity(commands.len());
-                for command in commands {
-                    let NewCommand::Start(StartRun { schedule_id: Some(schedule), schedule_time: Some(fire), .. }) = command else {
-                        return Err(StoreError::Conflict("a scheduled command needs schedule_id and schedule_time".into()));
-                    };
-                    fires.push((schedule.get(), ms(*fire)));
-                }
+            async fn insert_scheduled_commands(&self, fires: &[ScheduledFire], publish_at: Timestamp) -> Result<Vec<Fired>> {
+                let fires = fires.to_vec();
                 let hold_commit = $backend == Backend::Postgres;
                 if !hold_commit {
                     sleep_until_async(publish_at).await;
                 }
                 // Stamped with when they become visible, not when prepared.
                 let now = now_ms().max(ms(publish_at));
-                let rows: Vec<NewCommandRow> = commands.iter().map(|c| NewCommandRow::new(c, now)).collect();
+                let rows: Vec<NewCommandRow> = fires.iter().map(|f| NewCommandRow::new(&f.command(), now)).collect();
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         let mut inserted: std::collections::HashMap<(i64, i64), i64> = std::collections::HashMap::new();
@@ -892,6 +887,35 @@ macro_rules! store_impl {
                                 }
                             }
                         }
+                        if hold_commit {
+                            sleep_until_blocking(publish_at);
+                        }
+                        // Read at the fire time, in this transaction: an offline
+                        // (or a change) committed before now wins, and one that
+                        // comes later waits for this commit (PostgreSQL: the row
+                        // lock; SQLite: the one writer), so it is after the fire.
+                        let mut schedule_ids: Vec<i64> = fires.iter().map(|f| f.schedule.id.get()).collect();
+                        schedule_ids.sort_unstable();
+                        schedule_ids.dedup();
+                        let mut current: std::collections::HashMap<i64, Schedule> = std::collections::HashMap::new();
+                        for chunk in schedule_ids.chunks(500) {
+                            let rows: Vec<ScheduleRow> = schedules::table
+                                .filter(schedules::id.eq_any(chunk))
+                                .select(ScheduleRow::as_select())
+                                $($update_lock)*
+                                .load(c)?;
+                            for row in rows {
+                                current.insert(row.id, row.into_domain()?);
+                            }
+                        }
+                        let withdrawn: Vec<i64> = fires
+                            .iter()
+                            .filter(|f| !current.get(&f.schedule.id.get()).is_some_and(|s| f.still_fires(s)))
+                            .filter_map(|f| inserted.remove(&(f.schedule.id.get(), ms(f.at))))
+                            .collect();
+                        for chunk in withdrawn.chunks(500) {
+                            diesel::delete(commands::table.filter(commands::id.eq_any(chunk))).execute(c)?;
+                        }
                         // last_fire moves forward only; one statement per fire time.
                         let mut by_time: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
                         for (schedule, fire) in inserted.keys() {
@@ -905,10 +929,19 @@ macro_rules! store_impl {
                                     .execute(c)?;
                             }
                         }
-                        if hold_commit {
-                            sleep_until_blocking(publish_at);
-                        }
-                        Ok(fires.iter().map(|key| inserted.remove(key).map(CommandId)).collect())
+                        Ok(fires
+                            .iter()
+                            .map(|f| {
+                                if !current.get(&f.schedule.id.get()).is_some_and(|s| f.still_fires(s)) {
+                                    Fired::Withdrawn
+                                } else {
+                                    match inserted.remove(&(f.schedule.id.get(), ms(f.at))) {
+                                        Some(id) => Fired::Written(CommandId(id)),
+                                        None => Fired::AlreadyFired,
+                                    }
+                                }
+                            })
+                            .collect())
                     })
                 })
                 .await
@@ -1358,6 +1391,7 @@ mod pg {
         backend: Backend::Postgres,
         write_txn: transaction,
         claim_lock: [.for_update().skip_locked()],
+        update_lock: [.for_update()],
         share_lock: [.for_share()],
     }
 }
@@ -1373,6 +1407,7 @@ mod sqlite {
         backend: Backend::Sqlite,
         write_txn: immediate_transaction,
         claim_lock: [],
+        update_lock: [],
         share_lock: [],
     }
 }
