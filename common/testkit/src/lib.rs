@@ -4,4 +4,5 @@
 
 pub mod postgres;
 pub mod proxy;
+pub mod seed;
 pub mod zookeeper;
