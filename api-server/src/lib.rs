@@ -30,12 +30,11 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use sluice_runtime::{CancellationToken, Role, RoleError};
+use sluice_runtime::{CancellationToken, Role, RoleError, RoleTasks};
 use sluice_logs::LogStore;
 use sluice_registry::Registry;
 use sluice_storage::Store;
 use sluice_tasks::TaskPlugins;
-use tokio::task::JoinHandle;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -53,7 +52,8 @@ pub struct ApiServer {
     commands: routes::CommandSignal,
     bound: Option<SocketAddr>,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    /// The HTTP server, which must run until `stop`.
+    tasks: RoleTasks,
 }
 
 impl ApiServer {
@@ -66,7 +66,7 @@ impl ApiServer {
             commands: routes::CommandSignal::default(),
             bound: None,
             shutdown: CancellationToken::new(),
-            task: None,
+            tasks: RoleTasks::default(),
         }
     }
 
@@ -173,22 +173,19 @@ impl Role for ApiServer {
         self.bound = Some(bound);
         let app = router(self.store.clone(), self.plugins.clone(), self.log_store.clone(), self.commands.clone());
         let shutdown = self.shutdown.clone();
-        self.task = Some(tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-            if let Err(error) = serve.await {
-                tracing::error!(%error, "api server failed");
-            }
-        }));
+        self.tasks.spawn("http server", async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await });
         tracing::info!(addr = %bound, "api listening");
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), RoleError> {
         self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await?;
-        }
+        self.tasks.join().await;
         Ok(())
+    }
+
+    async fn ended(&mut self) -> RoleError {
+        self.tasks.ended().await
     }
 }
 

@@ -1,9 +1,10 @@
 //! The `sluice` binary as users run it: real processes, real SQLite,
 //! PostgreSQL and ZooKeeper.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_registry::{paths, MembershipEvent, Registry, ZkRegistry};
@@ -20,8 +21,43 @@ fn sluice() -> Command {
     cmd
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// A child's stderr, read line by line as it is written (roles bind port 0
+/// and log where they listen; the test reads the address from here).
+struct Stderr(Arc<Mutex<String>>);
+
+impl Stderr {
+    fn of(child: &mut Child) -> Stderr {
+        let mut pipe = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(pipe.read_line(&mut line), Ok(n) if n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Stderr(text)
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The address in the child's `message` line (`key=<address>`).
+    fn wait_for_addr(&self, child: &mut Child, message: &str, key: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = sluice_testkit::net::addr_in_log(&self.text(), message, key) {
+                return addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("sluice exited with {status} before logging `{message}`:\n{}", self.text());
+            }
+            assert!(Instant::now() < deadline, "no `{message}` logged within 30 s:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// GET over a plain socket; `None` while nothing listens.
@@ -49,7 +85,7 @@ fn wait_for_http(child: &mut Child, addr: SocketAddr, path: &str) -> String {
     }
 }
 
-fn terminate(mut child: Child) -> Output {
+fn terminate(mut child: Child) -> ExitStatus {
     let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -57,27 +93,30 @@ fn terminate(mut child: Child) -> Output {
         assert!(Instant::now() < deadline, "sluice did not stop within 30 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    child.wait().unwrap()
 }
 
 #[test]
 fn standalone_serves_health_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let api = free_addr();
     let mut child = sluice()
         .arg("standalone")
         .env("SLUICE_DATABASE__URL", format!("sqlite://{}/sluice.db", dir.path().display()))
-        .env("SLUICE_API__LISTEN", api.to_string())
-        .stdout(Stdio::piped())
+        .env("SLUICE_API__LISTEN", "127.0.0.1:0")
+        .env("SLUICE_MASTER__LISTEN", "127.0.0.1:0")
+        .env("SLUICE_WORKER__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = Stderr::of(&mut child);
+    let api = stderr.wait_for_addr(&mut child, "api listening", "addr");
     let response = wait_for_http(&mut child, api, "/api/v1/health");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(dir.path().join("sluice.db").exists(), "the SQLite database was not created");
-    let output = terminate(child);
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit {:?}\n{log}", output.status);
+    let status = terminate(child);
+    let log = stderr.text();
+    assert!(status.success(), "exit {status:?}\n{log}");
     for line in ["master registered", "worker started", "api listening", "shutting down"] {
         assert!(log.contains(line), "missing `{line}` in the log:\n{log}");
     }
@@ -121,8 +160,6 @@ async fn cluster_roles_register_in_zookeeper_and_leave_on_sigterm() {
     let mut workers = observer.watch_members(&paths::workers_dir("etl")).await.unwrap();
     assert!(masters.members().is_empty() && workers.members().is_empty());
 
-    let master_addr = free_addr();
-    let worker_addr = free_addr();
     let spawn = |role: &str, envs: &[(&str, String)]| {
         let mut cmd = sluice();
         cmd.arg(role)
@@ -131,19 +168,23 @@ async fn cluster_roles_register_in_zookeeper_and_leave_on_sigterm() {
             .env("SLUICE_REGISTRY__ZOOKEEPER", &zk)
             .env("SLUICE_REGISTRY__SESSION_TIMEOUT", "5s")
             .env("SLUICE_DATABASE__URL", db.url())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
         cmd.spawn().unwrap()
     };
-    let master = spawn("master", &[("SLUICE_MASTER__LISTEN", master_addr.to_string())]);
-    let worker = spawn("worker", &[
-        ("SLUICE_WORKER__LISTEN", worker_addr.to_string()),
+    let mut master = spawn("master", &[("SLUICE_MASTER__LISTEN", "127.0.0.1:0".into())]);
+    let mut worker = spawn("worker", &[
+        ("SLUICE_WORKER__LISTEN", "127.0.0.1:0".into()),
         ("SLUICE_WORKER__GROUPS", "etl".into()),
         ("SLUICE_WORKER__SLOTS", "3".into()),
     ]);
+    let (master_log, worker_log) = (Stderr::of(&mut master), Stderr::of(&mut worker));
+    // Each binds port 0 and registers under the address it got.
+    let master_addr = master_log.wait_for_addr(&mut master, "master registered", "addr");
+    let worker_addr = worker_log.wait_for_addr(&mut worker, "worker started", "addr");
 
     match next(&mut masters).await {
         Some(MembershipEvent::Joined(m)) => assert_eq!(m.name, master_addr.to_string()),
@@ -160,11 +201,11 @@ async fn cluster_roles_register_in_zookeeper_and_leave_on_sigterm() {
     }
 
     // SIGTERM: each leaves the registry at once, not after its session times out.
-    let output = tokio::task::spawn_blocking(move || terminate(master)).await.unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status = tokio::task::spawn_blocking(move || terminate(master)).await.unwrap();
+    assert!(status.success(), "{}", master_log.text());
     assert_eq!(next(&mut masters).await, Some(MembershipEvent::Left(master_addr.to_string())));
-    let output = tokio::task::spawn_blocking(move || terminate(worker)).await.unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status = tokio::task::spawn_blocking(move || terminate(worker)).await.unwrap();
+    assert!(status.success(), "{}", worker_log.text());
     assert_eq!(next(&mut workers).await, Some(MembershipEvent::Left(worker_addr.to_string())));
     observer.close().await;
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{arg, free_addr, instance_id, sluice_at, task, write, Deployment};
+use common::{arg, unreachable_addr, instance_id, sluice_at, task, write, Deployment};
 use sluice_api::types::{ErrorBody, InstancePage, RequestAccepted, RunAccepted, WorkflowInstanceView, WorkflowView};
 
 common::both_deployments!(
@@ -111,7 +111,8 @@ async fn bad_workflow_files_exit_2_and_store_nothing(deployment: &Deployment) {
 
     // validate needs no server; a good file passes.
     let good = write(files.path(), "good.yaml", &format!("project: bad\nname: good\ntasks:\n{task_a}  - {{name: b, type: python, script: 'print(1)', deps: [a]}}\n"));
-    let ran = sluice_at(&format!("http://{}", free_addr()), None, &["validate", "-f", arg(&good)]).await;
+    let unreachable = unreachable_addr();
+    let ran = sluice_at(&format!("http://{}", unreachable.addr()), None, &["validate", "-f", arg(&good)]).await;
     ran.expect(0);
     assert_eq!(ran.stdout, "ok: bad/good (2 tasks)\n");
     assert_eq!(deployment.get_status("/projects/bad").await, 404, "validate stored something");
@@ -404,7 +405,8 @@ async fn standalone_without_the_example_has_no_demo_project() {
 
 #[tokio::test]
 async fn an_unreachable_server_exits_2_naming_its_url() {
-    let url = format!("http://{}", free_addr());
+    let unreachable = unreachable_addr();
+    let url = format!("http://{}", unreachable.addr());
     let files = tempfile::tempdir().unwrap();
     let file = write(files.path(), "w.yaml", "project: p\nname: w\ntasks:\n  - {name: a, type: shell, script: x}\n");
     for args in [

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{arg, free_addr, sluice_at, write, Deployment, MINUTE};
+use common::{arg, unreachable_addr, sluice_at, write, Deployment, MINUTE};
 use sluice_api::types::{BackfillPreview, BackfillView, InstancePage};
 
 common::both_deployments!(
@@ -198,7 +198,8 @@ async fn bad_dates_and_usage_exit_2_and_store_nothing(deployment: &Deployment) {
 
 #[tokio::test]
 async fn the_backfill_verbs_exit_2_naming_an_unreachable_server() {
-    let url = format!("http://{}", free_addr());
+    let unreachable = unreachable_addr();
+    let url = format!("http://{}", unreachable.addr());
     for args in [
         &["backfill", "p/w", "--from", "2026-03-01", "--to", "2026-03-02"][..],
         &["backfill", "p/w", "--date", "2026-03-01", "--dry-run"],

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{arg, free_addr, instance_id, sluice_at, task, write, Deployment, MINUTE};
+use common::{arg, unreachable_addr, instance_id, sluice_at, task, write, Deployment, MINUTE};
 use sluice_api::types::{InstancePage, RequestAccepted, SchedulePreview, ScheduleView, WorkflowInstanceView};
 
 common::both_deployments!(
@@ -234,7 +234,8 @@ async fn pause_then_resume_wait(deployment: &Deployment) {
 
 #[tokio::test]
 async fn the_new_verbs_exit_2_naming_an_unreachable_server() {
-    let url = format!("http://{}", free_addr());
+    let unreachable = unreachable_addr();
+    let url = format!("http://{}", unreachable.addr());
     for args in [
         &["rerun", "1"][..],
         &["recover", "1", "--wait"],

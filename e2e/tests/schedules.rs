@@ -74,3 +74,63 @@ async fn cluster_schedule_survives_its_cron_leader_crashing() {
     }
     every_two_seconds(sandbox, Duration::from_secs(60), true).await;
 }
+
+sluice_e2e::both_deployments!(a_schedule_taken_offline_just_before_a_fire_does_not_fire);
+
+/// The cron leader prepares a fire [2 s] ahead of its time; a schedule
+/// taken offline 1 s before that time must not fire, while another schedule
+/// of the same fire time, left online, does (so the fire was prepared:
+/// the test cannot pass by the leader missing the time). The outcome does
+/// not hang on the timing, only on the offline committing before the fire
+/// time: both schedules are online 5 s before it (the leader re-reads
+/// schedules every second) and the offline lands 1 s before it.
+async fn a_schedule_taken_offline_just_before_a_fire_does_not_fire(sandbox: Sandbox) {
+    let offline = sandbox.apply(&workflow("offline", vec![shell("tick", "true", &[])])).await;
+    let kept = sandbox.apply(&workflow("kept", vec![shell("tick", "true", &[])])).await;
+    let now = Utc::now();
+    let at = now + chrono::Duration::seconds(6) - chrono::Duration::nanoseconds(now.timestamp_subsec_nanos().into());
+    // Fires at `at`, then not for an hour.
+    let spec = ScheduleSpec {
+        trigger: Trigger::Interval { every: Duration::from_secs(3600), times: None },
+        start: Some(at),
+        end: None,
+        misfire: MisfirePolicy::Skip,
+    };
+    for id in [offline, kept] {
+        sandbox.store().set_schedule(id, &spec).await.unwrap();
+        sandbox.store().set_schedule_online(id, true).await.unwrap();
+    }
+    sleep_until(at - chrono::Duration::seconds(1)).await;
+    sandbox.store().set_schedule_online(offline, false).await.unwrap();
+    let offline_at = Utc::now();
+    assert!(offline_at < at - chrono::Duration::milliseconds(500), "[{}] the offline took until {offline_at}", sandbox.name());
+
+    let fired = |workflow: WorkflowId| {
+        let store = sandbox.store().clone();
+        async move {
+            store
+                .list_workflow_instances(&InstanceFilter { workflow_id: Some(workflow), limit: 10, ..Default::default() })
+                .await
+                .unwrap()
+                .iter()
+                .map(|i| i.schedule_time)
+                .collect::<Vec<_>>()
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fired(kept).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "[{}] the schedule left online did not fire at {at}", sandbox.name());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fired(kept).await, [Some(at)], "[{}]", sandbox.name());
+    // Fires of one time are one transaction: the kept one is visible, so
+    // the offline one's fate is decided.
+    assert_eq!(fired(offline).await, [], "[{}] taken offline at {offline_at}, it fired at {at}", sandbox.name());
+    sandbox.shutdown().await;
+}
+
+async fn sleep_until(at: chrono::DateTime<Utc>) {
+    if let Ok(wait) = (at - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+}

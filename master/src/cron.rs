@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sluice_domain::{MisfirePolicy, NewCommand, Schedule, ScheduleId, StartRun, Trigger};
+use sluice_domain::{MisfirePolicy, Schedule, ScheduleId, Trigger};
 use sluice_params::cron::{due, Cron, Misfire, Timing};
 use sluice_registry::paths;
+use sluice_storage::{Fired, ScheduledFire};
 
 use crate::Shared;
 
@@ -176,27 +177,28 @@ async fn fire(shared: &Arc<Shared>, schedule: &Schedule, at: DateTime<Utc>) -> b
 }
 
 /// Writes the commands of `fires` in one transaction, visible from
-/// `publish_at` on; false if the database refused them.
+/// `publish_at` on; false if the database refused them. A fire whose
+/// schedule went offline or changed before `publish_at` is withdrawn by the
+/// store, in the same transaction: the plan here may be up to a reload and
+/// [`PREPARE_AHEAD`] old, the database is not.
 async fn fire_all(shared: &Arc<Shared>, fires: &[(&Schedule, DateTime<Utc>)], publish_at: DateTime<Utc>) -> bool {
-    let commands: Vec<NewCommand> = fires
-        .iter()
-        .map(|(schedule, at)| {
-            NewCommand::Start(StartRun { schedule_id: Some(schedule.id), schedule_time: Some(*at), ..StartRun::of(schedule.workflow_id) })
-        })
-        .collect();
-    match shared.store.insert_scheduled_commands(&commands, publish_at).await {
-        Ok(ids) => {
-            if ids.iter().any(Option::is_some) {
+    let planned: Vec<ScheduledFire> = fires.iter().map(|(schedule, at)| ScheduledFire { schedule: (*schedule).clone(), at: *at }).collect();
+    match shared.store.insert_scheduled_commands(&planned, publish_at).await {
+        Ok(outcomes) => {
+            if outcomes.iter().any(|o| matches!(o, Fired::Written(_))) {
                 crate::commands::signal_commands(shared);
             }
             let now = Utc::now();
-            for ((schedule, at), id) in fires.iter().zip(ids) {
-                match id {
-                    Some(id) => {
+            for ((schedule, at), outcome) in fires.iter().zip(outcomes) {
+                match outcome {
+                    Fired::Written(id) => {
                         let lag_ms = (now - *at).num_milliseconds();
                         tracing::info!(schedule = %schedule.id, workflow = %schedule.workflow_id, fire_time = %at, lag_ms, command = %id, "schedule fired");
                     }
-                    None => tracing::debug!(schedule = %schedule.id, fire_time = %at, "fire time already fired"),
+                    Fired::AlreadyFired => tracing::debug!(schedule = %schedule.id, fire_time = %at, "fire time already fired"),
+                    Fired::Withdrawn => {
+                        tracing::info!(schedule = %schedule.id, fire_time = %at, "schedule went offline or changed before its fire time; not fired")
+                    }
                 }
             }
             true

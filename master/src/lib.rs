@@ -25,12 +25,11 @@ use sluice_config::MasterConfig;
 use sluice_domain::{MasterHeartbeat, WorkflowInstanceId};
 use sluice_proto::v1::master_service_server::MasterServiceServer;
 use sluice_registry::{paths, Heartbeat, Registry};
-use sluice_runtime::{CancellationToken, Role, RoleError};
+use sluice_runtime::{CancellationToken, Role, RoleError, RoleTasks};
 use sluice_logs::LogStore;
 use sluice_storage::{Store, StoreError};
 use sluice_tasks::TaskPlugins;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::driver::DriverMsg;
 use crate::workers::{WorkerClients, WorkerTracker};
@@ -89,7 +88,8 @@ pub struct Master {
     registry: Arc<dyn Registry>,
     shared: Option<Arc<Shared>>,
     heartbeat: Option<Heartbeat>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The gRPC server and the loops, which must run until `stop`.
+    tasks: RoleTasks,
     bound: Option<SocketAddr>,
     log_retention: Option<(Arc<dyn LogStore>, std::time::Duration)>,
     log_store: Option<Arc<dyn LogStore>>,
@@ -104,7 +104,7 @@ impl Master {
             registry,
             shared: None,
             heartbeat: None,
-            tasks: Vec::new(),
+            tasks: RoleTasks::default(),
             bound: None,
             log_retention: None,
             log_store: None,
@@ -200,14 +200,12 @@ impl Role for Master {
         let service = MasterServiceServer::new(rpc::MasterRpc::new(shared.clone()));
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = shared.shutdown.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let serve = tonic::transport::Server::builder()
+        self.tasks.spawn("grpc server", async move {
+            tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
-            if let Err(error) = serve.await {
-                tracing::error!(%error, "master grpc server failed");
-            }
-        }));
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        });
 
         // Instances this address owned before a restart are ours again.
         commands::resume_owned(&shared).await?;
@@ -228,11 +226,12 @@ impl Role for Master {
         self.heartbeat = Some(
             Heartbeat::start(self.registry.clone(), paths::master_node(&addr), self.config.heartbeat_interval, beat).await?,
         );
-        self.tasks.push(tokio::spawn(commands::command_loop(shared.clone())));
-        self.tasks.push(tokio::spawn(cron::cron_loop(shared.clone())));
-        self.tasks.push(tokio::spawn(failover::failover_loop(shared.clone())));
-        self.tasks.push(tokio::spawn(retention::retention_loop(shared.clone())));
-        self.tasks.push(tokio::spawn(retention::log_retention_loop(shared.clone())));
+        self.tasks.spawn("command loop", commands::command_loop(shared.clone()));
+        self.tasks.spawn("cron loop", cron::cron_loop(shared.clone()));
+        self.tasks.spawn("failover loop", failover::failover_loop(shared.clone()));
+        // Without a retention configured these have nothing to do.
+        self.tasks.spawn_may_finish("retention loop", shared.shutdown.clone(), retention::retention_loop(shared.clone()));
+        self.tasks.spawn_may_finish("log retention loop", shared.shutdown.clone(), retention::log_retention_loop(shared.clone()));
         self.shared = Some(shared);
         tracing::info!(%addr, "master registered");
         Ok(())
@@ -240,13 +239,15 @@ impl Role for Master {
 
     async fn stop(&mut self) -> Result<(), RoleError> {
         self.halt();
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
+        self.tasks.join().await;
         if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.stop().await;
         }
         Ok(())
+    }
+
+    async fn ended(&mut self) -> RoleError {
+        self.tasks.ended().await
     }
 }
 
@@ -256,9 +257,7 @@ impl Master {
     /// dead master).
     pub fn crash(&mut self) {
         self.halt();
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
+        self.tasks.abort();
         // Dropping stops the refresh but leaves the node: like a crash.
         drop(self.heartbeat.take());
     }

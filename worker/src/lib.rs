@@ -38,11 +38,10 @@ use sluice_proto::v1::task_event_request::Event;
 use sluice_proto::v1::worker_service_server::WorkerServiceServer;
 use sluice_proto::v1::TaskEventRequest;
 use sluice_registry::{paths, Heartbeat, QueueItem, Registry, RegistryError};
-use sluice_runtime::{CancellationToken, Role, RoleError};
+use sluice_runtime::{CancellationToken, Role, RoleError, RoleTasks};
 use sluice_tasks::TaskPlugins;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::host::HostSampler;
@@ -135,11 +134,11 @@ struct Started {
     semaphore: Arc<Semaphore>,
     heartbeats: Vec<Heartbeat>,
     stop_taking: CancellationToken,
-    take_loop: JoinHandle<()>,
-    orphan_loop: JoinHandle<()>,
-    retention_loop: JoinHandle<()>,
+    /// The take, orphan and retention loops, which run until `stop_taking`.
+    loops: RoleTasks,
     stop_serving: CancellationToken,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The gRPC server, which runs until `stop_serving`.
+    server: RoleTasks,
 }
 
 impl Worker {
@@ -185,11 +184,9 @@ impl Worker {
     /// killed, nothing is reported, registry nodes are left to the session
     /// (tests close it to play the node's expiry).
     pub fn crash(&mut self) {
-        let Some(started) = self.started.take() else { return };
+        let Some(mut started) = self.started.take() else { return };
         started.stop_taking.cancel();
-        started.take_loop.abort();
-        started.orphan_loop.abort();
-        started.retention_loop.abort();
+        started.loops.abort();
         started.shared.outbox.close();
         started.shared.running.stop_all(running::StopCause::Kill("worker crashed".into()));
         drop(started.heartbeats);
@@ -270,12 +267,14 @@ impl Worker {
             });
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let stop = stop_serving.clone();
-            tokio::spawn(async move {
+            let mut server = RoleTasks::default();
+            server.spawn("grpc server", async move {
                 tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
-            })
+            });
+            server
         };
 
         let slots = self.config.effective_slots();
@@ -295,31 +294,26 @@ impl Worker {
             Ok(heartbeats) => heartbeats,
             Err(error) => {
                 stop_serving.cancel();
-                let _ = server.await;
+                let mut server = server;
+                server.join().await;
                 return Err(error);
             }
         };
 
         let semaphore = Arc::new(Semaphore::new(slots as usize));
         let stop_taking = CancellationToken::new();
-        let take_loop = tokio::spawn(take_loop(
-            shared.clone(),
-            self.registry.clone(),
-            self.config.groups.clone(),
-            semaphore.clone(),
+        let mut loops = RoleTasks::default();
+        loops.spawn(
+            "take loop",
+            take_loop(shared.clone(), self.registry.clone(), self.config.groups.clone(), semaphore.clone(), stop_taking.clone()),
+        );
+        loops.spawn("orphan loop", orphans::orphan_loop(shared.clone(), self.registry.clone(), self.orphan_check, stop_taking.clone()));
+        // Without a retention it has nothing to do.
+        loops.spawn_may_finish(
+            "retention loop",
             stop_taking.clone(),
-        ));
-        let orphan_loop = tokio::spawn(orphans::orphan_loop(
-            shared.clone(),
-            self.registry.clone(),
-            self.orphan_check,
-            stop_taking.clone(),
-        ));
-        let retention_loop = tokio::spawn(logs::retention_loop(
-            shared.log_dir.clone(),
-            self.log_retention,
-            stop_taking.clone(),
-        ));
+            logs::retention_loop(shared.log_dir.clone(), self.log_retention, stop_taking.clone()),
+        );
         info!(%addr, %local_addr, groups = ?self.config.groups, slots, task_types = ?self.plugins.known(), "worker started");
         self.started = Some(Started {
             local_addr,
@@ -328,9 +322,7 @@ impl Worker {
             semaphore,
             heartbeats,
             stop_taking,
-            take_loop,
-            orphan_loop,
-            retention_loop,
+            loops,
             stop_serving,
             server,
         });
@@ -398,7 +390,7 @@ impl Worker {
     }
 
     async fn stop_inner(&mut self) {
-        let Some(started) = self.started.take() else {
+        let Some(mut started) = self.started.take() else {
             return;
         };
         let deadline = tokio::time::Instant::now() + self.stop_timeout;
@@ -406,9 +398,7 @@ impl Worker {
         // No new work from now on; a take in flight is dropped, which the
         // registry guarantees loses nothing.
         started.stop_taking.cancel();
-        let _ = started.take_loop.await;
-        let _ = started.orphan_loop.await;
-        let _ = started.retention_loop.await;
+        started.loops.join().await;
 
         // Every slot back means every attempt has finished and queued its
         // last event. Heartbeats keep going meanwhile: a worker that
@@ -453,11 +443,7 @@ impl Worker {
             heartbeat.stop().await;
         }
         started.stop_serving.cancel();
-        match started.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => warn!(%error, "worker gRPC server failed"),
-            Err(error) => warn!(%error, "worker gRPC server task failed"),
-        }
+        started.server.join().await;
         info!(addr = %started.shared.addr, "worker stopped");
     }
 }
@@ -491,6 +477,16 @@ impl Role for Worker {
     async fn stop(&mut self) -> Result<(), RoleError> {
         self.stop_inner().await;
         Ok(())
+    }
+
+    async fn ended(&mut self) -> RoleError {
+        match self.started.as_mut() {
+            Some(started) => tokio::select! {
+                error = started.loops.ended() => error,
+                error = started.server.ended() => error,
+            },
+            None => std::future::pending().await,
+        }
     }
 }
 

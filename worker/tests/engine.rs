@@ -124,10 +124,6 @@ impl RecordingMaster {
         Self::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), refuse)
     }
 
-    async fn start_on(addr: SocketAddr) -> Self {
-        Self::serve(TcpListener::bind(addr).await.unwrap(), 0)
-    }
-
     fn serve(listener: TcpListener, refuse: usize) -> Self {
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();
@@ -711,10 +707,12 @@ async fn one_slot_worker_runs_queued_tasks_strictly_in_key_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_resent_until_a_master_that_was_down_comes_up() {
     let setup = Setup::new();
-    let addr = {
-        let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        reserved.local_addr().unwrap()
-    };
+    // The master's port, held (bound, not listening) until it comes up on
+    // it: events to it are refused meanwhile, and nobody else can take the
+    // port, as a port bound and closed again could be.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = reserved.local_addr().unwrap();
     let mut worker = setup.worker(2).await;
     // A whole dispatch: a ticket could not be fetched while its master is down.
     setup.put_whole(&shell(&addr.to_string(), 18, "true\n")).await;
@@ -724,7 +722,7 @@ async fn events_are_resent_until_a_master_that_was_down_comes_up() {
     })
     .await;
 
-    let mut master = RecordingMaster::start_on(addr).await;
+    let mut master = RecordingMaster::serve(reserved.listen(1024).unwrap(), 0);
     let (events, finished) = master.until_finished().await;
     assert_eq!(kinds(&events), ["running", "finished"]);
     assert_eq!(finished.outcome(), TaskOutcome::Success);

@@ -8,7 +8,7 @@
 // Each test crate uses its own part of this module.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -66,15 +66,33 @@ impl Drop for ChildGuard {
     }
 }
 
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// Where the `sluice standalone` child writing `log` serves its API, from
+/// its `api listening` line (it binds port 0).
+fn api_addr(child: &mut ChildGuard, log: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = sluice_testkit::net::addr_in_log(&text, "api listening", "addr") {
+            return addr;
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("sluice standalone exited with {status} before listening:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "sluice standalone logged no `api listening` within 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An address where nothing serves (connections are refused) and nothing
+/// will while the value lives: the port is held, not bound and released.
+pub fn unreachable_addr() -> sluice_testkit::net::ReservedAddr {
+    sluice_testkit::net::ReservedAddr::new().unwrap()
 }
 
 impl Deployment {
     /// `sluice standalone [args]` on a fresh SQLite file and free ports.
     pub async fn standalone(args: &[&str]) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
-        let api = free_addr();
         let log = std::fs::File::create(dir.path().join("sluice.log")).unwrap();
         let mut command = sluice_command();
         command
@@ -82,15 +100,17 @@ impl Deployment {
             .args(args)
             .env("RUST_LOG", "info")
             .env("SLUICE_DATABASE__URL", format!("sqlite://{}/sluice.db", dir.path().display()))
-            .env("SLUICE_API__LISTEN", api.to_string())
-            .env("SLUICE_MASTER__LISTEN", free_addr().to_string())
-            .env("SLUICE_WORKER__LISTEN", free_addr().to_string())
+            // Port 0 everywhere: each role binds its own port and logs it.
+            .env("SLUICE_API__LISTEN", "127.0.0.1:0")
+            .env("SLUICE_MASTER__LISTEN", "127.0.0.1:0")
+            .env("SLUICE_WORKER__LISTEN", "127.0.0.1:0")
             .env("SLUICE_WORKER__WORK_DIR", dir.path().join("work"))
             .env("SLUICE_WORKER__LOG_DIR", dir.path().join("logs"))
             .env("SLUICE_LOG_STORE__DIR", dir.path().join("log-store"))
             .stdout(Stdio::null())
             .stderr(log);
-        let child = ChildGuard(command.spawn().unwrap());
+        let mut child = ChildGuard(command.spawn().unwrap());
+        let api = api_addr(&mut child, &dir.path().join("sluice.log"));
         let mut deployment = Deployment::Binary { child, url: format!("http://{api}"), dir };
         deployment.wait_healthy().await;
         deployment

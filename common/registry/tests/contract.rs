@@ -335,7 +335,7 @@ mod suite {
             queue_key(4, 1, 0, 1),
             queue_key(1, 5, 2, 9),
         ];
-        fastrand::shuffle(&mut keys);
+        sluice_testkit::seed::rng("queue_takes_keys_in_lexicographic_order").shuffle(&mut keys);
         for key in &keys {
             master
                 .queue_put("default", key, format!("payload of {key}").as_bytes())
@@ -427,7 +427,7 @@ mod suite {
         let mut keys: Vec<String> = (0..ITEMS)
             .map(|task| queue_key((task % 5) as u8, task / 7, 2, task))
             .collect();
-        fastrand::shuffle(&mut keys);
+        sluice_testkit::seed::rng("every_item_is_taken_exactly_once_by_competing_takers").shuffle(&mut keys);
         // Takers start on an empty queue, so most takes wait for a put.
         for key in &keys {
             master
@@ -503,8 +503,9 @@ mod suite {
         }
         let mut seen = BTreeSet::new();
         // Give up on takes at random points, some of them mid-claim.
+        let mut rng = sluice_testkit::seed::rng("cancelled_takes_lose_nothing");
         for _ in 0..ITEMS {
-            let patience = Duration::from_micros(fastrand::u64(0..3000));
+            let patience = Duration::from_micros(rng.u64(0..3000));
             if let Ok(item) = tokio::time::timeout(patience, worker.queue_take("default")).await {
                 assert!(seen.insert(item.unwrap().key), "taken twice");
             }

@@ -17,7 +17,7 @@ use sluice_domain::*;
 use crate::error::StoreError;
 use crate::rows::*;
 use crate::schema::*;
-use crate::{Backend, PoolOptions, Result, RunWrite, RunWritten, SavedWorkflow, Store, WorkflowVersionInfo};
+use crate::{Backend, Fired, PoolOptions, Result, RunWrite, RunWritten, SavedWorkflow, ScheduledFire, Store, WorkflowVersionInfo};
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../sql/sqlite");
@@ -164,6 +164,7 @@ macro_rules! store_impl {
         backend: $backend:expr,
         write_txn: $txn:ident,
         claim_lock: [$($claim_lock:tt)*],
+        update_lock: [$($update_lock:tt)*],
         share_lock: [$($share_lock:tt)*] $(,)?
     ) => {
         type Conn = $conn;
@@ -231,20 +232,26 @@ macro_rules! store_impl {
                 let state = n.state().map_err(|e| StoreError::StaleState(format!("new task `{}`: {e}", n.name)))?;
                 values.push(NewTaskInstanceRow::new(n, state, now));
             }
+            let mut names = std::collections::HashSet::with_capacity(new.len());
+            if let Some(twice) = new.iter().find(|n| !names.insert(n.name.as_str())) {
+                return Err(StoreError::Conflict(format!(
+                    "workflow instance {}: task `{}` is created twice in one write",
+                    fence.workflow_instance_id, twice.name
+                )));
+            }
             let mut rows: std::collections::HashMap<String, TaskInstanceRow> = std::collections::HashMap::with_capacity(new.len());
             for chunk in values.chunks(CHUNK) {
-                let inserted: Vec<TaskInstanceRow> = diesel::insert_into(task_instances::table)
-                    .values(chunk)
-                    .returning(TaskInstanceRow::as_returning())
-                    .get_results(c)
-                    .map_err(|e| match StoreError::from(e) {
-                        StoreError::Conflict(_) => StoreError::Conflict(format!(
-                            "workflow instance {} already has a task instance of one of: {}",
+                let inserted = diesel::insert_into(task_instances::table).values(chunk).returning(TaskInstanceRow::as_returning()).get_results(c);
+                let inserted: Vec<TaskInstanceRow> = match inserted {
+                    Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, info)) => {
+                        return Err(StoreError::Conflict(format!(
+                            "workflow instance {} already has a task instance of {}: nothing was written",
                             fence.workflow_instance_id,
-                            chunk.iter().map(|r| format!("`{}`", r.name)).collect::<Vec<_>>().join(", ")
-                        )),
-                        other => other,
-                    })?;
+                            twin_names(c, fence, chunk, info.details())
+                        )));
+                    }
+                    other => other?,
+                };
                 rows.extend(inserted.into_iter().map(|r| (r.name.clone(), r)));
             }
             // Matched by name (unique per workflow instance), not by the order
@@ -252,6 +259,27 @@ macro_rules! store_impl {
             new.iter()
                 .map(|n| rows.remove(&n.name).ok_or_else(|| StoreError::Database(format!("task `{}` was not inserted", n.name)))?.into_domain())
                 .collect()
+        }
+
+        /// The tasks of `chunk` that already have a row, for the error of a
+        /// violated `(workflow_instance_id, name)`: PostgreSQL names the key
+        /// in the error's detail (and refuses further queries in the failed
+        /// transaction); SQLite names only the columns, but lets the
+        /// transaction go on, so it is asked.
+        fn twin_names(c: &mut Conn, fence: Fence, chunk: &[NewTaskInstanceRow], detail: Option<&str>) -> String {
+            // `Key (workflow_instance_id, name)=(12, load) already exists.`
+            let from_detail = detail
+                .and_then(|d| d.split_once(")=(")?.1.rsplit_once(") already exists")?.0.split_once(", ").map(|(_, name)| name.to_owned()));
+            let names = match from_detail {
+                Some(name) => vec![name],
+                None => task_instances::table
+                    .filter(task_instances::workflow_instance_id.eq(fence.workflow_instance_id.get()))
+                    .filter(task_instances::name.eq_any(chunk.iter().map(|r| r.name.as_str())))
+                    .select(task_instances::name)
+                    .load::<String>(c)
+                    .unwrap_or_else(|_| chunk.iter().map(|r| r.name.clone()).collect()),
+            };
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         }
 
         /// Applies a workflow-instance change, compare-and-set on its state,
@@ -819,21 +847,15 @@ macro_rules! store_impl {
                 .await
             }
 
-            async fn insert_scheduled_commands(&self, commands: &[NewCommand], publish_at: Timestamp) -> Result<Vec<Option<CommandId>>> {
-                let mut fires = Vec::with_capacity(commands.len());
-                for command in commands {
-                    let NewCommand::Start(StartRun { schedule_id: Some(schedule), schedule_time: Some(fire), .. }) = command else {
-                        return Err(StoreError::Conflict("a scheduled command needs schedule_id and schedule_time".into()));
-                    };
-                    fires.push((schedule.get(), ms(*fire)));
-                }
+            async fn insert_scheduled_commands(&self, fires: &[ScheduledFire], publish_at: Timestamp) -> Result<Vec<Fired>> {
+                let fires = fires.to_vec();
                 let hold_commit = $backend == Backend::Postgres;
                 if !hold_commit {
                     sleep_until_async(publish_at).await;
                 }
                 // Stamped with when they become visible, not when prepared.
                 let now = now_ms().max(ms(publish_at));
-                let rows: Vec<NewCommandRow> = commands.iter().map(|c| NewCommandRow::new(c, now)).collect();
+                let rows: Vec<NewCommandRow> = fires.iter().map(|f| NewCommandRow::new(&f.command(), now)).collect();
                 self.run(move |c: &mut Conn| {
                     c.$txn(|c| {
                         let mut inserted: std::collections::HashMap<(i64, i64), i64> = std::collections::HashMap::new();
@@ -865,6 +887,35 @@ macro_rules! store_impl {
                                 }
                             }
                         }
+                        if hold_commit {
+                            sleep_until_blocking(publish_at);
+                        }
+                        // Read at the fire time, in this transaction: an offline
+                        // (or a change) committed before now wins, and one that
+                        // comes later waits for this commit (PostgreSQL: the row
+                        // lock; SQLite: the one writer), so it is after the fire.
+                        let mut schedule_ids: Vec<i64> = fires.iter().map(|f| f.schedule.id.get()).collect();
+                        schedule_ids.sort_unstable();
+                        schedule_ids.dedup();
+                        let mut current: std::collections::HashMap<i64, Schedule> = std::collections::HashMap::new();
+                        for chunk in schedule_ids.chunks(500) {
+                            let rows: Vec<ScheduleRow> = schedules::table
+                                .filter(schedules::id.eq_any(chunk))
+                                .select(ScheduleRow::as_select())
+                                $($update_lock)*
+                                .load(c)?;
+                            for row in rows {
+                                current.insert(row.id, row.into_domain()?);
+                            }
+                        }
+                        let withdrawn: Vec<i64> = fires
+                            .iter()
+                            .filter(|f| !current.get(&f.schedule.id.get()).is_some_and(|s| f.still_fires(s)))
+                            .filter_map(|f| inserted.remove(&(f.schedule.id.get(), ms(f.at))))
+                            .collect();
+                        for chunk in withdrawn.chunks(500) {
+                            diesel::delete(commands::table.filter(commands::id.eq_any(chunk))).execute(c)?;
+                        }
                         // last_fire moves forward only; one statement per fire time.
                         let mut by_time: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
                         for (schedule, fire) in inserted.keys() {
@@ -878,10 +929,19 @@ macro_rules! store_impl {
                                     .execute(c)?;
                             }
                         }
-                        if hold_commit {
-                            sleep_until_blocking(publish_at);
-                        }
-                        Ok(fires.iter().map(|key| inserted.remove(key).map(CommandId)).collect())
+                        Ok(fires
+                            .iter()
+                            .map(|f| {
+                                if !current.get(&f.schedule.id.get()).is_some_and(|s| f.still_fires(s)) {
+                                    Fired::Withdrawn
+                                } else {
+                                    match inserted.remove(&(f.schedule.id.get(), ms(f.at))) {
+                                        Some(id) => Fired::Written(CommandId(id)),
+                                        None => Fired::AlreadyFired,
+                                    }
+                                }
+                            })
+                            .collect())
                     })
                 })
                 .await
@@ -1331,6 +1391,7 @@ mod pg {
         backend: Backend::Postgres,
         write_txn: transaction,
         claim_lock: [.for_update().skip_locked()],
+        update_lock: [.for_update()],
         share_lock: [.for_share()],
     }
 }
@@ -1346,6 +1407,7 @@ mod sqlite {
         backend: Backend::Sqlite,
         write_txn: immediate_transaction,
         claim_lock: [],
+        update_lock: [],
         share_lock: [],
     }
 }

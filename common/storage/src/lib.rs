@@ -45,6 +45,43 @@ pub struct WorkflowVersionInfo {
     pub created_at: Timestamp,
 }
 
+/// One fire time of a schedule, planned from `schedule` as the cron leader
+/// last read it. It is written only if, when its transaction commits, the
+/// schedule is still online and fires on the same timing (trigger, start,
+/// end): taking a schedule offline, or changing it, before a fire time wins
+/// over a fire prepared ahead of that time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledFire {
+    pub schedule: Schedule,
+    pub at: Timestamp,
+}
+
+impl ScheduledFire {
+    /// The start command the fire writes.
+    pub fn command(&self) -> NewCommand {
+        NewCommand::Start(StartRun { schedule_id: Some(self.schedule.id), schedule_time: Some(self.at), ..StartRun::of(self.schedule.workflow_id) })
+    }
+
+    /// Whether `current` (the schedule as stored now) still fires this.
+    pub(crate) fn still_fires(&self, current: &Schedule) -> bool {
+        let planned = &self.schedule;
+        current.online && current.trigger == planned.trigger && current.start == planned.start && current.end == planned.end
+    }
+}
+
+/// What became of one [`ScheduledFire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// Its start command was written.
+    Written(CommandId),
+    /// That fire time of that schedule already had a command: whoever fires
+    /// it, a time fires once.
+    AlreadyFired,
+    /// The schedule went offline, changed its timing or was deleted since
+    /// the fire was planned: nothing was written.
+    Withdrawn,
+}
+
 /// Everything one decision of a master's run machine writes: one fenced
 /// transaction, all or nothing. State changes are compare-and-set (each
 /// names the state it expects) and go through the transition tables.
@@ -118,24 +155,24 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a command. A second restart (rerun, recover, resume) of an
     /// instance while one waits is a `Conflict`.
     ///
-    /// Inserts a command fired by `command.schedule_id` at
-    /// `command.schedule_time` and records that time as the schedule's last
-    /// fire, atomically. Returns `None` if that fire time already has a
-    /// command: whoever fires it, a time fires once.
-    async fn insert_scheduled_command(&self, command: &NewCommand) -> Result<Option<CommandId>> {
-        Ok(self.insert_scheduled_commands(std::slice::from_ref(command), chrono::Utc::now()).await?.pop().flatten())
+    /// Writes the start command of `fire` and records its time as the
+    /// schedule's last fire, atomically; see
+    /// [`Store::insert_scheduled_commands`].
+    async fn insert_scheduled_command(&self, fire: &ScheduledFire) -> Result<Fired> {
+        Ok(self.insert_scheduled_commands(std::slice::from_ref(fire), chrono::Utc::now()).await?.remove(0))
     }
-    /// [`Store::insert_scheduled_command`] for many fires in one
-    /// transaction (schedules that fire on the same second fire together):
-    /// the id of each command in `commands`' order, `None` where that fire
-    /// time already had one.
+    /// Writes many fires in one transaction (schedules that fire on the
+    /// same second fire together): what became of each, in `fires`' order.
     ///
     /// The commands become visible at `publish_at`, not before. PostgreSQL
     /// writes them at once and holds the commit until `publish_at`, so a
     /// fire prepared ahead of its time costs only the commit when the time
     /// comes; SQLite, which has one writer at a time, waits until then and
-    /// writes. A fire that cannot be written is not visible at all.
-    async fn insert_scheduled_commands(&self, commands: &[NewCommand], publish_at: Timestamp) -> Result<Vec<Option<CommandId>>>;
+    /// writes. Either way the schedules are read again (PostgreSQL: locked)
+    /// at `publish_at`, in the transaction, and a fire whose schedule went
+    /// offline or changed meanwhile is withdrawn. A fire that cannot be
+    /// written is not visible at all.
+    async fn insert_scheduled_commands(&self, fires: &[ScheduledFire], publish_at: Timestamp) -> Result<Vec<Fired>>;
     /// Creates a workflow instance (state `submitted`, no owner) and the
     /// command that starts it, in one transaction, so the API can return the
     /// instance id before any master picked the command up.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use sluice_domain::*;
-use sluice_storage::{Backend, PgStore, PoolOptions, RunWrite, SqliteStore, Store, StoreError};
+use sluice_storage::{Backend, Fired, PgStore, PoolOptions, RunWrite, ScheduledFire, SqliteStore, Store, StoreError};
 
 /// Keeps a test's database alive for as long as the store is used.
 enum Fixture {
@@ -64,6 +64,7 @@ store_suite!(
     a_fire_time_becomes_one_command,
     fires_of_many_schedules_are_written_together,
     fires_prepared_ahead_are_published_at_their_time,
+    a_schedule_offline_before_its_fire_time_does_not_fire,
     competing_masters_claim_each_command_once,
     commands_for_an_owned_instance_go_to_its_owner,
     released_commands_can_be_claimed_again,
@@ -72,6 +73,7 @@ store_suite!(
     stale_fences_are_refused,
     task_instances_are_created_and_updated_under_the_fence,
     task_instances_can_be_created_dispatched,
+    a_task_has_one_row_per_workflow_instance,
     task_updates_and_their_successors_are_written_together,
     state_changes_are_compare_and_set_through_the_table,
     alike_changes_of_many_tasks_are_written_in_batches,
@@ -319,9 +321,9 @@ async fn schedules_are_upserted_and_toggled(store: Arc<dyn Store>) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err}");
 }
 
-/// The start command of `schedule`'s fire at `at`.
-fn fire_of(workflow: WorkflowId, schedule: ScheduleId, at: Timestamp) -> NewCommand {
-    NewCommand::Start(StartRun { schedule_id: Some(schedule), schedule_time: Some(at), ..StartRun::of(workflow) })
+/// `schedule`'s fire at `at`, planned from it as it is.
+fn fire_of(schedule: &Schedule, at: Timestamp) -> ScheduledFire {
+    ScheduledFire { schedule: schedule.clone(), at }
 }
 
 fn every_two_seconds() -> ScheduleSpec {
@@ -333,82 +335,131 @@ fn every_two_seconds() -> ScheduleSpec {
     }
 }
 
+/// A schedule of a new workflow `name`, online.
+async fn online_schedule(store: &Arc<dyn Store>, project: ProjectId, name: &str) -> Schedule {
+    store.save_workflow(project, &diamond(name)).await.unwrap();
+    let w = store.workflow(project, name, None).await.unwrap().unwrap();
+    store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
+    store.set_schedule_online(w.id, true).await.unwrap()
+}
+
 async fn a_fire_time_becomes_one_command(store: Arc<dyn Store>) {
-    let (_, w) = workflow(&store).await;
-    let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
+    let p = project(&store, "demo").await;
+    let s = online_schedule(&store, p.id, "etl").await;
     let fire = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
-    let command = fire_of(w.id, s.id, fire);
+    let planned = fire_of(&s, fire);
 
     // Two would-be leaders fire the same time at once: one command results.
-    let (a, b) = tokio::join!(store.insert_scheduled_command(&command), store.insert_scheduled_command(&command));
-    let ids: Vec<CommandId> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
-    assert_eq!(ids.len(), 1);
-    assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, Some(fire));
+    let (a, b) = tokio::join!(store.insert_scheduled_command(&planned), store.insert_scheduled_command(&planned));
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, Fired::AlreadyFired));
+    assert!(matches!(outcomes, [Fired::Written(_), Fired::AlreadyFired]), "{outcomes:?}");
+    assert_eq!(store.schedule(s.workflow_id).await.unwrap().unwrap().last_fire, Some(fire));
 
-    let next = fire_of(w.id, s.id, fire + chrono::Duration::seconds(2));
-    assert!(store.insert_scheduled_command(&next).await.unwrap().is_some());
+    let next = fire_of(&s, fire + chrono::Duration::seconds(2));
+    assert!(matches!(store.insert_scheduled_command(&next).await.unwrap(), Fired::Written(_)));
     // An older fire time never moves last_fire backwards.
-    let older = fire_of(w.id, s.id, fire - chrono::Duration::seconds(2));
-    assert!(store.insert_scheduled_command(&older).await.unwrap().is_some());
-    assert_eq!(store.schedule(w.id).await.unwrap().unwrap().last_fire, Some(fire + chrono::Duration::seconds(2)));
+    let older = fire_of(&s, fire - chrono::Duration::seconds(2));
+    assert!(matches!(store.insert_scheduled_command(&older).await.unwrap(), Fired::Written(_)));
+    assert_eq!(store.schedule(s.workflow_id).await.unwrap().unwrap().last_fire, Some(fire + chrono::Duration::seconds(2)));
     let stored = store.unclaimed_commands().await.unwrap();
     assert_eq!(stored.len(), 3);
-    assert_eq!(stored[0].spec, command);
-
-    let err = store.insert_scheduled_command(&NewCommand::start(w.id)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(stored[0].spec, planned.command());
 }
 
 async fn fires_of_many_schedules_are_written_together(store: Arc<dyn Store>) {
     let fire = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
-    let mut commands = Vec::new();
-    let mut workflows = Vec::new();
     let p = project(&store, "demo").await;
+    let mut fires = Vec::new();
     for i in 0..3 {
-        store.save_workflow(p.id, &diamond(&format!("etl{i}"))).await.unwrap();
-        let w = store.workflow(p.id, &format!("etl{i}"), None).await.unwrap().unwrap();
-        let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
-        commands.push(fire_of(w.id, s.id, fire));
-        workflows.push(w.id);
+        fires.push(fire_of(&online_schedule(&store, p.id, &format!("etl{i}")).await, fire));
     }
     // The second schedule's time was fired already (another leader).
-    assert!(store.insert_scheduled_command(&commands[1]).await.unwrap().is_some());
+    assert!(matches!(store.insert_scheduled_command(&fires[1]).await.unwrap(), Fired::Written(_)));
     // The same fire twice in one batch also becomes one command.
-    let batch = vec![commands[0].clone(), commands[1].clone(), commands[2].clone(), commands[2].clone()];
-    let ids = store.insert_scheduled_commands(&batch, Utc::now()).await.unwrap();
-    assert!(ids[0].is_some() && ids[1].is_none() && ids[2].is_some() && ids[3].is_none(), "{ids:?}");
+    let batch = vec![fires[0].clone(), fires[1].clone(), fires[2].clone(), fires[2].clone()];
+    let outcomes = store.insert_scheduled_commands(&batch, Utc::now()).await.unwrap();
+    assert!(
+        matches!(outcomes[..], [Fired::Written(_), Fired::AlreadyFired, Fired::Written(_), Fired::AlreadyFired]),
+        "{outcomes:?}"
+    );
     assert_eq!(store.unclaimed_commands().await.unwrap().len(), 3);
-    for w in workflows {
-        assert_eq!(store.schedule(w).await.unwrap().unwrap().last_fire, Some(fire));
+    for f in &fires {
+        assert_eq!(store.schedule(f.schedule.workflow_id).await.unwrap().unwrap().last_fire, Some(fire));
     }
-    // Commands without a schedule and fire time are refused, none written.
-    let err = store.insert_scheduled_commands(&[NewCommand::start(commands[0].workflow_id())], Utc::now()).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
 /// The cron leader writes a fire ahead of its time; nobody may see it
 /// before then, and it is visible as soon as the time comes.
 async fn fires_prepared_ahead_are_published_at_their_time(store: Arc<dyn Store>) {
     let p = project(&store, "demo").await;
-    store.save_workflow(p.id, &diamond("etl")).await.unwrap();
-    let w = store.workflow(p.id, "etl", None).await.unwrap().unwrap();
-    let s = store.set_schedule(w.id, &every_two_seconds()).await.unwrap();
-    let command = fire_of(w.id, s.id, Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap());
+    let s = online_schedule(&store, p.id, "etl").await;
+    let planned = fire_of(&s, Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap());
     let publish_at = Utc::now() + chrono::Duration::milliseconds(800);
     let writing = tokio::spawn({
         let store = store.clone();
-        async move { store.insert_scheduled_commands(&[command], publish_at).await }
+        async move { store.insert_scheduled_commands(&[planned], publish_at).await }
     });
     // Looked at while the fire is prepared: nothing yet, on either backend.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.unclaimed_commands().await.unwrap().is_empty(), "a fire is visible before its time");
-    let ids = writing.await.unwrap().unwrap();
+    let outcomes = writing.await.unwrap().unwrap();
     let published = Utc::now();
-    assert!(ids[0].is_some());
+    assert!(matches!(outcomes[..], [Fired::Written(_)]), "{outcomes:?}");
     assert!(published >= publish_at, "returned at {published}, before {publish_at}");
     let stored = store.unclaimed_commands().await.unwrap();
     assert_eq!(stored.len(), 1);
     assert!(stored[0].created_at >= publish_at - chrono::Duration::milliseconds(1), "stamped {}", stored[0].created_at);
+}
+
+/// A fire prepared ahead of its time and a schedule taken offline (or
+/// changed) before that time: the offline wins, whenever the fire was
+/// prepared. The fire is prepared first (PostgreSQL has written it and
+/// holds the commit; SQLite waits for its time); what the test waits for
+/// before the offline does not decide the outcome, only that the offline
+/// is committed before the fire time, with seconds to spare.
+async fn a_schedule_offline_before_its_fire_time_does_not_fire(store: Arc<dyn Store>) {
+    let p = project(&store, "demo").await;
+    let offline = online_schedule(&store, p.id, "offline").await;
+    let changed = online_schedule(&store, p.id, "changed").await;
+    let toggled = online_schedule(&store, p.id, "toggled").await;
+    let kept = online_schedule(&store, p.id, "kept").await;
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 2, 30, 0).unwrap();
+    let fires: Vec<ScheduledFire> = [&offline, &changed, &toggled, &kept].into_iter().map(|s| fire_of(s, at)).collect();
+    let publish_at = Utc::now() + chrono::Duration::seconds(3);
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move { store.insert_scheduled_commands(&fires, publish_at).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.set_schedule_online(offline.workflow_id, false).await.unwrap();
+    let every_minute = ScheduleSpec { trigger: Trigger::Interval { every: Duration::from_secs(60), times: None }, ..every_two_seconds() };
+    store.set_schedule(changed.workflow_id, &every_minute).await.unwrap();
+    // Offline and back online before the fire time: online when it comes.
+    store.set_schedule_online(toggled.workflow_id, false).await.unwrap();
+    store.set_schedule_online(toggled.workflow_id, true).await.unwrap();
+    assert!(Utc::now() < publish_at - chrono::Duration::seconds(1), "the changes took too long to prove anything");
+
+    let outcomes = writing.await.unwrap().unwrap();
+    assert!(matches!(outcomes[..], [Fired::Withdrawn, Fired::Withdrawn, Fired::Written(_), Fired::Written(_)]), "{outcomes:?}");
+    let stored: Vec<Option<ScheduleId>> = store
+        .unclaimed_commands()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| match &c.spec {
+            NewCommand::Start(start) => start.schedule_id,
+            other => panic!("not a start: {other:?}"),
+        })
+        .collect();
+    assert_eq!(stored, [Some(toggled.id), Some(kept.id)]);
+    for (s, last) in [(&offline, None), (&changed, None), (&toggled, Some(at)), (&kept, Some(at))] {
+        assert_eq!(store.schedule(s.workflow_id).await.unwrap().unwrap().last_fire, last, "schedule {}", s.id);
+    }
+    // A deleted schedule's fire is withdrawn too.
+    let gone = online_schedule(&store, p.id, "gone").await;
+    store.delete_workflow(gone.workflow_id).await.unwrap();
+    assert_eq!(store.insert_scheduled_command(&fire_of(&gone, at)).await.unwrap(), Fired::Withdrawn);
 }
 
 async fn competing_masters_claim_each_command_once(store: Arc<dyn Store>) {
@@ -682,6 +733,45 @@ async fn task_instances_can_be_created_dispatched(store: Arc<dyn Store>) {
     let err = store.create_tasks(fence, &[new_task("d", &[TaskEvent::Dispatch])]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 3);
+}
+
+/// `(workflow_instance_id, name)` is unique: a second row of a task is
+/// refused naming the task, with nothing of its write kept; a rerun reuses
+/// the row (its `run` goes up) instead of adding one.
+async fn a_task_has_one_row_per_workflow_instance(store: Arc<dyn Store>) {
+    use TaskEvent as E;
+    let (_, w) = workflow(&store).await;
+    let wi = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    let fence = wi.fence();
+    let new_task = |name: &str| NewTaskInstance { events: vec![E::Dispatch], ..new_task_of(&w, &wi, name) };
+    let a = store.create_tasks(fence, &[new_task("a")]).await.unwrap().remove(0);
+
+    // Against the stored row, alone or with a task that is new.
+    for batch in [vec![new_task("a")], vec![new_task("b"), new_task("a")]] {
+        let err = store.create_tasks(fence, &batch).await.unwrap_err();
+        let expected = format!("workflow instance {} already has a task instance of `a`: nothing was written", wi.id);
+        assert!(matches!(&err, StoreError::Conflict(m) if *m == expected), "{err}");
+    }
+    // Twice in one write, with the rest of a run write.
+    let twins = RunWrite {
+        tasks: vec![change(&a, &[E::Start], TaskUpdate::default())],
+        create: vec![new_task("c"), new_task("c")],
+        ..Default::default()
+    };
+    let err = store.write_run(fence, &twins).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains("task `c` is created twice in one write")), "{err}");
+    let stored = store.task_instances(wi.id).await.unwrap();
+    assert_eq!(stored.iter().map(|t| (t.name.as_str(), t.state)).collect::<Vec<_>>(), [("a", TaskState::Dispatched)], "nothing else was written");
+
+    // The same task in another instance is another row.
+    let other = store.create_workflow_instance(&new_instance(&w, Some("m:1"))).await.unwrap();
+    store.create_tasks(other.fence(), &[NewTaskInstance { workflow_instance_id: other.id, ..new_task("a") }]).await.unwrap();
+
+    // A rerun restarts the row it has.
+    let done = store.change_task(fence, &change(&a, &[E::Start, E::Succeed], TaskUpdate::default())).await.unwrap();
+    let again = store.change_task(fence, &change(&done, &[E::Rerun], TaskUpdate { run: Some(2), ..Default::default() })).await.unwrap();
+    assert_eq!((again.id, again.state, again.run), (a.id, TaskState::Submitted, 2));
+    assert_eq!(store.task_instances(wi.id).await.unwrap().len(), 1);
 }
 
 /// A task's end and the tasks it unblocks are one commit: both or neither.

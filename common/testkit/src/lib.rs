@@ -3,5 +3,7 @@
 //! cluster sandbox.
 
 pub mod postgres;
+pub mod net;
 pub mod proxy;
+pub mod seed;
 pub mod zookeeper;
