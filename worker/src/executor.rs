@@ -1,6 +1,7 @@
 //! Running one task attempt as an OS process group, start to report.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::logs::{self, LogWriter};
+use crate::supervisor;
 use crate::running::{StopCause, TaskAttempt};
 use crate::Shared;
 
@@ -210,7 +212,7 @@ async fn attempt(
             return (failed(error.to_string()), Some(log));
         }
     };
-    let (mut command, output) = match prepare_process(dispatch, &spec, &workdir).await {
+    let (mut command, output, control) = match prepare_process(dispatch, &spec, &workdir).await {
         Ok(prepared) => prepared,
         Err(reason) => {
             log.note(&reason).await;
@@ -224,8 +226,14 @@ async fn attempt(
     }
     let spawned = command.spawn();
     // Our copies of the pipe's write end: the read end must see EOF
-    // once the task's processes are gone.
+    // once the task's processes are gone. The control pipe's read end is
+    // the supervisor's alone.
     drop(command);
+    let supervisor::Control { read: control_read, write: control } = control;
+    drop(control_read);
+    // Dropped (on every way out of this function, a panic included), it
+    // makes the supervisor kill the attempt's whole tree.
+    let mut control = Some(control);
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
@@ -238,6 +246,8 @@ async fn attempt(
         // Only possible once the child has been reaped, which we have not.
         return (failed("the task process vanished as it started".into()), Some(log));
     };
+    // Where a restarted worker finds it, should this one die uncleanly.
+    let _record = shared.records.record(TaskAttempt { task_instance_id: dispatch.task_instance_id, attempt: dispatch.attempt }, pid);
     let output = match tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(output)) {
         Ok(output) => output,
         Err(error) => {
@@ -304,7 +314,7 @@ async fn attempt(
                 StopCause::Kill(_) => "killing the task".to_owned(),
                 StopCause::Shutdown => "killing the task: the worker is stopping".to_owned(),
             });
-            let status = kill_group(&mut child, group, shared.kill_grace).await;
+            let status = kill_group(&mut child, group, &mut control, shared.kill_grace).await;
             match cause {
                 StopCause::Kill(reason) => Finished {
                     outcome: TaskOutcome::Killed,
@@ -320,7 +330,7 @@ async fn attempt(
             }
         }
         Ended::TimedOut(timeout) => {
-            kill_group(&mut child, group, shared.kill_grace).await;
+            kill_group(&mut child, group, &mut control, shared.kill_grace).await;
             Finished::failure(format!(
                 "timed out after {}",
                 humantime::format_duration(timeout)
@@ -403,7 +413,7 @@ async fn prepare_process(
     dispatch: &TaskDispatch,
     spec: &sluice_tasks::ProcessSpec,
     workdir: &Path,
-) -> Result<(Command, std::io::PipeReader), String> {
+) -> Result<(Command, std::io::PipeReader, supervisor::Control), String> {
     // The directory and every file in one trip to the blocking pool: a
     // short task spends a good part of its hand-off on such trips.
     let files: Vec<(std::path::PathBuf, String)> = spec.files.iter().map(|(name, content)| (workdir.join(name), content.clone())).collect();
@@ -440,7 +450,9 @@ async fn prepare_process(
     for (name, value) in env(dispatch, spec)? {
         command.env(name, value);
     }
-    Ok((command, output))
+    let control = supervisor::install(command.as_std_mut())
+        .map_err(|e| format!("cannot create the task supervisor's pipe: {e}"))?;
+    Ok((command, output, control))
 }
 
 /// The task's environment on top of the worker's: the plugin's variables,
@@ -507,10 +519,12 @@ fn signal_name(signal: i32) -> String {
     Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.as_str().to_owned())
 }
 
-/// Stops the whole process group: SIGTERM, then SIGKILL to whatever is
-/// left after `grace` (the task's own children included, even once the
-/// leader is gone). Returns the leader's exit status if it could be read.
-async fn kill_group(child: &mut Child, group: Pid, grace: Duration) -> Option<ExitStatus> {
+/// Stops the whole process group: SIGTERM, then, after `grace`, the
+/// supervisor's SIGKILL to the whole tree (closing `control`) and SIGKILL
+/// to whatever is left in the group (the task's own children included,
+/// even once the leader is gone). Returns the task's exit status if it
+/// could be read.
+async fn kill_group(child: &mut Child, group: Pid, control: &mut Option<OwnedFd>, grace: Duration) -> Option<ExitStatus> {
     signal_group(group, Signal::SIGTERM);
     let grace_end = Instant::now() + grace;
     let mut status = tokio::time::timeout_at(grace_end, child.wait())
@@ -523,6 +537,15 @@ async fn kill_group(child: &mut Child, group: Pid, grace: Duration) -> Option<Ex
         tokio::time::sleep(GROUP_POLL).await;
     }
     if status.is_none() || group_alive(group) {
+        // The supervisor kills its descendants that left the group too;
+        // the group's SIGKILL, which would end the supervisor at once, comes
+        // once it is done (or gone).
+        if control.take().is_some() && status.is_none() {
+            status = tokio::time::timeout(AFTER_SIGKILL, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
         signal_group(group, Signal::SIGKILL);
         if status.is_none() {
             status = tokio::time::timeout(AFTER_SIGKILL, child.wait())

@@ -19,8 +19,10 @@ mod host;
 mod logs;
 mod orphans;
 mod outbox;
+mod records;
 mod running;
 mod service;
+mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +95,8 @@ pub(crate) struct Shared {
     pub(crate) running: Arc<Running>,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) logs: Arc<LiveLogs>,
+    /// Running attempts on disk, for a restart after a crash.
+    pub(crate) records: records::Records,
     /// Where finished attempts' logs are copied; none in tests that do
     /// not care.
     pub(crate) log_store: Option<Arc<dyn LogStore>>,
@@ -244,6 +248,14 @@ impl Worker {
         }
         let work_dir = make_dir(&self.config.work_dir)?;
         let log_dir = make_dir(&self.config.log_dir)?;
+        let records = records::Records::open(&work_dir, records::Process::current()).map_err(|source| WorkerError::Directory {
+            path: work_dir.clone(),
+            source,
+        })?;
+        // Before any work is taken (or this worker is even registered):
+        // nothing a dead predecessor ran may overlap a new attempt.
+        let survivors = records.clone();
+        let _ = tokio::task::spawn_blocking(move || survivors.kill_survivors()).await;
 
         let listen = self.config.listen;
         let listener = TcpListener::bind(listen)
@@ -287,6 +299,7 @@ impl Worker {
             running,
             outbox: Outbox::new(self.registry.clone()),
             logs: live_logs,
+            records,
             log_store: self.log_store.clone(),
         });
 
