@@ -13,8 +13,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use sluice_domain::TaskDispatch;
 use sluice_proto::v1::{
-    task_event_request::Event, TaskEventRequest, TaskFinished, TaskOutcome, TaskRunning,
-    TaskTimeoutWarning,
+    task_event_request::Event, TaskEventRequest, TaskExternalId, TaskFinished, TaskOutcome,
+    TaskRunning, TaskTimeoutWarning,
 };
 use sluice_logs::LogKey;
 use sluice_registry::QueueItem;
@@ -259,7 +259,16 @@ async fn attempt(
     };
     let (notes, notes_rx) = mpsc::unbounded_channel();
     let (drain, drain_by) = oneshot::channel();
-    let pumping = tokio::spawn(logs::pump(output, log, notes_rx, drain_by));
+    let (found_id, mut external_found) = oneshot::channel();
+    let external = {
+        let (plugins, task_type) = (shared.plugins.clone(), dispatch.task_type.to_string());
+        logs::ExternalIds {
+            find: Box::new(move |line| plugins.get(&task_type)?.external_id(line)),
+            found: found_id,
+        }
+    };
+    let pumping = tokio::spawn(logs::pump(output, log, notes_rx, drain_by, Some(external)));
+    let mut external_id: Option<String> = None;
     info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, pid, log = %log_path.display(), "task started");
     shared.report(
         dispatch,
@@ -272,9 +281,18 @@ async fn attempt(
     let group = Pid::from_raw(pid as i32);
     let mut timeout_at = dispatch.timeout.map(|timeout| Instant::now() + timeout);
     let mut stop_open = true;
+    let mut id_open = true;
     let ended = loop {
         tokio::select! {
             status = child.wait() => break Ended::Exited(status),
+            id = &mut external_found, if id_open => {
+                id_open = false;
+                if let Ok(id) = id {
+                    info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, external_id = %id, "task reported an external id");
+                    shared.report(dispatch, Event::ExternalId(TaskExternalId { id: id.clone() }));
+                    external_id = Some(id);
+                }
+            },
             cause = &mut stop, if stop_open => match cause {
                 Ok(cause) => break Ended::Stopped(cause),
                 // Not reachable while the attempt is registered; be safe.
@@ -315,6 +333,7 @@ async fn attempt(
                 StopCause::Shutdown => "killing the task: the worker is stopping".to_owned(),
             });
             let status = kill_group(&mut child, group, &mut control, shared.kill_grace).await;
+            kill_external(shared, dispatch, external_id.as_deref(), &notes).await;
             match cause {
                 StopCause::Kill(reason) => Finished {
                     outcome: TaskOutcome::Killed,
@@ -331,6 +350,7 @@ async fn attempt(
         }
         Ended::TimedOut(timeout) => {
             kill_group(&mut child, group, &mut control, shared.kill_grace).await;
+            kill_external(shared, dispatch, external_id.as_deref(), &notes).await;
             Finished::failure(format!(
                 "timed out after {}",
                 humantime::format_duration(timeout)
@@ -349,6 +369,38 @@ async fn attempt(
         Err(error) => {
             error!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, %error, "copying the task's output failed");
             (finished, None)
+        }
+    }
+}
+
+/// How long a plugin's kill command may take.
+const KILL_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the plugin's kill command for the attempt's external id, if it has
+/// one: the work the attempt started elsewhere (a YARN application) does
+/// not end with its local processes. Best effort: the outcome is logged,
+/// the attempt ends killed whatever it is.
+async fn kill_external(shared: &Shared, dispatch: &TaskDispatch, external_id: Option<&str>, notes: &mpsc::UnboundedSender<String>) {
+    let Some(id) = external_id else { return };
+    let Some(spec) = shared.plugins.get(dispatch.task_type.as_str()).and_then(|plugin| plugin.kill_command(id)) else { return };
+    let shown = command_line(&spec);
+    let _ = notes.send(format!("stopping external id {id}: {shown}"));
+    let mut command = Command::new(&spec.program);
+    command.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let result = match command.spawn() {
+        Ok(child) => match tokio::time::timeout(KILL_COMMAND_TIMEOUT, child.wait_with_output()).await {
+            Ok(Ok(output)) if output.status.success() => Ok(()),
+            Ok(Ok(output)) => Err(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no end after {}", humantime::format_duration(KILL_COMMAND_TIMEOUT))),
+        },
+        Err(error) => Err(format!("cannot start it: {error}")),
+    };
+    match result {
+        Ok(()) => info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, external_id = id, command = %shown, "external work stopped"),
+        Err(error) => {
+            warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, external_id = id, command = %shown, %error, "kill command failed");
+            let _ = notes.send(format!("kill command for external id {id} failed: {error}"));
         }
     }
 }

@@ -965,3 +965,64 @@ async fn raw_output_becomes_whole_lines_served_in_pages_and_followed() {
     assert_eq!(followed, all);
     worker.stop().await.unwrap();
 }
+
+/// A task type that runs shell scripts and says its output names a job in
+/// another system (`job_<n>`) that a kill must also stop.
+struct RemoteJobs {
+    shell: sluice_tasks::ScriptPlugin,
+    killed: PathBuf,
+}
+
+impl sluice_tasks::TaskPlugin for RemoteJobs {
+    fn task_type(&self) -> &'static str {
+        "remote"
+    }
+    fn body_fields(&self) -> &'static [&'static str] {
+        self.shell.body_fields()
+    }
+    fn validate(&self, spec: &sluice_domain::TaskSpec) -> Result<(), String> {
+        self.shell.validate(spec)
+    }
+    fn prepare(&self, dispatch: &TaskDispatch, workdir: &Path) -> Result<sluice_tasks::ProcessSpec, String> {
+        self.shell.prepare(dispatch, workdir)
+    }
+    fn external_id(&self, line: &str) -> Option<String> {
+        line.split_whitespace().find(|w| w.starts_with("job_")).map(str::to_owned)
+    }
+    fn kill_command(&self, external_id: &str) -> Option<sluice_tasks::ProcessSpec> {
+        Some(sluice_tasks::ProcessSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), format!("echo {external_id} >> {}", self.killed.display())],
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_ids_are_reported_once_and_killed_with_the_task() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let killed = setup.dir.path().join("killed");
+    let plugins = sluice_tasks::TaskPlugins::builtin().with(Arc::new(RemoteJobs { shell: sluice_tasks::ScriptPlugin::shell(), killed: killed.clone() }));
+    let mut worker = setup.worker_with(setup.config(1)).with_plugins(plugins);
+    worker.start().await.unwrap();
+    let t = task(&master.addr(), 31, "remote", "echo submitted job_1 to the cluster\necho tracking job_1 job_2\nsleep 60\n");
+    setup.put(&t).await;
+    assert_eq!(kind(&master.next().await), "running");
+    let event = master.next().await;
+    match &event.event {
+        Some(Event::ExternalId(external)) => assert_eq!(external.id, "job_1"),
+        other => panic!("expected the external id, got {other:?}"),
+    }
+
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr())).await.unwrap();
+    let kill = KillTaskRequest { task_instance_id: 31, attempt: 1, reason: "killed by alice".into() };
+    assert!(client.kill_task(kill).await.unwrap().into_inner().found);
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"], "the id is reported once");
+    assert_eq!(finished.outcome(), TaskOutcome::Killed);
+    assert_eq!(std::fs::read_to_string(&killed).unwrap(), "job_1\n", "the kill command ran for the id");
+    let log = Log::read(setup.dir.path().join("logs").join(sluice_logs::LogKey { workflow_instance_id: 7, task_instance_id: 31, attempt: 1 }.relative_path()));
+    assert!(log.sluice().iter().any(|l| l.starts_with("stopping external id job_1")), "{:?}", log.sluice());
+    worker.stop().await.unwrap();
+}
