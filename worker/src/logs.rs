@@ -134,11 +134,14 @@ impl LogWriter {
     }
 }
 
+/// Reads an external id in a line, if there is one.
+pub(crate) type FindId = Box<dyn Fn(&str) -> Option<String> + Send>;
+
 /// Finds the attempt's external id (see
 /// [`sluice_tasks::TaskPlugin::external_id`]) in its output lines: the
 /// first one found is sent on `found`, once.
 pub(crate) struct ExternalIds {
-    pub find: Box<dyn Fn(&str) -> Option<String> + Send>,
+    pub find: FindId,
     pub found: oneshot::Sender<String>,
 }
 
@@ -214,8 +217,13 @@ pub(crate) async fn pump(
     }
     let rest = take_line(&mut pending, &mut outputs);
     writer.write(&rest).await;
-    while let Ok(note) = notes.try_recv() {
-        writer.note(&note).await;
+    // The runner may still have notes (how a kill went): it drops its
+    // sender once it has said everything.
+    while notes_open {
+        match notes.recv().await {
+            Some(note) => writer.note(&note).await,
+            None => notes_open = false,
+        }
     }
     Pumped { writer, outputs: outputs.outputs }
 }
