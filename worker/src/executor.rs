@@ -331,6 +331,7 @@ async fn attempt(
                 StopCause::Kill(reason) if !reason.is_empty() => format!("killing the task: {reason}"),
                 StopCause::Kill(_) => "killing the task".to_owned(),
                 StopCause::Shutdown => "killing the task: the worker is stopping".to_owned(),
+                StopCause::SessionLost => format!("killing the task: {}", crate::running::SESSION_LOST),
             });
             let status = kill_group(&mut child, group, &mut control, shared.kill_grace).await;
             kill_external(shared, dispatch, external_id.as_deref(), &notes).await;
@@ -346,6 +347,7 @@ async fn attempt(
                     ..Finished::default()
                 },
                 StopCause::Shutdown => Finished::failure("worker stopped before the task finished"),
+                StopCause::SessionLost => Finished::failure(crate::running::SESSION_LOST),
             }
         }
         Ended::TimedOut(timeout) => {
@@ -449,6 +451,7 @@ fn stopped_before_start(cause: StopCause) -> Finished {
             ..Finished::default()
         },
         StopCause::Shutdown => Finished::failure("worker stopped before the task started"),
+        StopCause::SessionLost => Finished::failure(crate::running::SESSION_LOST),
     }
 }
 

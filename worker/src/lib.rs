@@ -22,6 +22,7 @@ mod outbox;
 mod records;
 mod running;
 mod service;
+mod session;
 mod supervisor;
 
 use std::net::SocketAddr;
@@ -141,6 +142,7 @@ struct Started {
     take_loop: JoinHandle<()>,
     orphan_loop: JoinHandle<()>,
     retention_loop: JoinHandle<()>,
+    session_loop: JoinHandle<()>,
     stop_serving: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -193,6 +195,7 @@ impl Worker {
         started.take_loop.abort();
         started.orphan_loop.abort();
         started.retention_loop.abort();
+        started.session_loop.abort();
         started.shared.outbox.close();
         started.shared.running.stop_all(running::StopCause::Kill("worker crashed".into()));
         drop(started.heartbeats);
@@ -332,6 +335,12 @@ impl Worker {
             self.log_retention,
             stop_taking.clone(),
         ));
+        let session_loop = tokio::spawn(session::session_loop(
+            shared.clone(),
+            self.registry.clone(),
+            self.config.keep_running_when_disconnected,
+            stop_taking.clone(),
+        ));
         info!(%addr, %local_addr, groups = ?self.config.groups, slots, task_types = ?self.plugins.known(), "worker started");
         self.started = Some(Started {
             local_addr,
@@ -343,6 +352,7 @@ impl Worker {
             take_loop,
             orphan_loop,
             retention_loop,
+            session_loop,
             stop_serving,
             server,
         });
@@ -421,6 +431,7 @@ impl Worker {
         let _ = started.take_loop.await;
         let _ = started.orphan_loop.await;
         let _ = started.retention_loop.await;
+        let _ = started.session_loop.await;
 
         // Every slot back means every attempt has finished and queued its
         // last event. Heartbeats keep going meanwhile: a worker that

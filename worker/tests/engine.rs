@@ -238,6 +238,7 @@ impl Setup {
             work_dir: self.dir.path().join("work"),
             log_dir: self.dir.path().join("logs"),
             kill_grace: Duration::from_millis(500),
+            keep_running_when_disconnected: false,
         }
     }
 
@@ -1024,5 +1025,72 @@ async fn external_ids_are_reported_once_and_killed_with_the_task() {
     assert_eq!(std::fs::read_to_string(&killed).unwrap(), "job_1\n", "the kill command ran for the id");
     let log = Log::read(setup.dir.path().join("logs").join(sluice_logs::LogKey { workflow_instance_id: 7, task_instance_id: 31, attempt: 1 }.relative_path()));
     assert!(log.sluice().iter().any(|l| l.starts_with("stopping external id job_1")), "{:?}", log.sluice());
+    worker.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Losing the registry session (real ZooKeeper behind a proxy a test cuts)
+
+/// A worker on ZooKeeper through `proxy`, running `sleep 60` as task 41.
+async fn worker_behind(proxy: &sluice_testkit::proxy::TcpProxy, setup: &Setup, master: &mut RecordingMaster, keep_running: bool) -> (Worker, sluice_registry::ZkRegistry, i32) {
+    let root = sluice_testkit::zookeeper::unique_root("worker-session");
+    let worker_session = sluice_registry::ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(3)).await.unwrap();
+    let watcher = sluice_registry::ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(3)).await.unwrap();
+    let config = WorkerConfig { keep_running_when_disconnected: keep_running, ..setup.config(1) };
+    let mut worker = Worker::new(config, Arc::new(worker_session));
+    worker.start().await.unwrap();
+    let t = shell(&master.addr(), 41, "echo $$ > task.pid\nexec sleep 60\n");
+    watcher.queue_put("default", &key(&t, Priority::Medium), &t.to_json()).await.unwrap();
+    assert_eq!(kind(&master.next().await), "running");
+    let pid = read_pid(&setup.workdir(&t).join("task.pid")).await;
+    (worker, watcher, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_registry_kills_its_tasks_and_says_why() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let proxy = sluice_testkit::proxy::TcpProxy::start(&sluice_testkit::zookeeper::zookeeper_address()).unwrap();
+    let (mut worker, _watcher, pid) = worker_behind(&proxy, &setup, &mut master, false).await;
+
+    // The master stays reachable: only the registry is cut off.
+    proxy.cut();
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"]);
+    assert_eq!(finished.outcome(), TaskOutcome::Failure);
+    assert_eq!(finished.reason, "worker lost its registry session");
+    assert!(!alive(pid), "the task was killed");
+    assert!(worker.running_tasks().is_empty());
+    proxy.restore();
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_to_keep_running_keeps_its_tasks_through_a_lost_session() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let proxy = sluice_testkit::proxy::TcpProxy::start(&sluice_testkit::zookeeper::zookeeper_address()).unwrap();
+    let (mut worker, watcher, pid) = worker_behind(&proxy, &setup, &mut master, true).await;
+    let generation = watcher.session_generation();
+
+    // Long enough for the servers to expire the sessions: the watcher's
+    // (cut off alike) is replaced once the proxy is back.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.restore();
+    tokio::time::timeout(WAIT, watcher.wait_for_new_session(generation)).await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !watcher.members(&paths::workers_dir("default")).await.is_ok_and(|m| m.iter().any(|m| m.name == worker.addr())) {
+        assert!(tokio::time::Instant::now() < deadline, "the worker did not register again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(worker.running_tasks().len(), 1);
+    assert!(alive(pid), "the task survived the lost session");
+    assert!(master.events.try_recv().is_err(), "nothing was reported");
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr())).await.unwrap();
+    let kill = KillTaskRequest { task_instance_id: 41, attempt: 1, reason: "done".into() };
+    assert!(client.kill_task(kill).await.unwrap().into_inner().found);
+    let (_, finished) = master.until_finished().await;
+    assert_eq!(finished.outcome(), TaskOutcome::Killed);
     worker.stop().await.unwrap();
 }
