@@ -43,15 +43,17 @@ pub(crate) struct Finished {
     pub reason: String,
     /// Output parameters the task printed (`${setValue(key=value)}`).
     pub outputs: BTreeMap<String, String>,
+    /// Not to be reported: the worker lost its registry session, and its
+    /// masters fail the attempt over (see `session`).
+    pub unreported: bool,
 }
 
 impl Finished {
     fn failure(reason: impl Into<String>) -> Self {
         Finished {
             outcome: TaskOutcome::Failure,
-            exit_code: None,
             reason: reason.into(),
-            outputs: BTreeMap::new(),
+            ..Finished::default()
         }
     }
 
@@ -104,6 +106,9 @@ pub(crate) async fn run(
         attempt = dispatch.attempt, outcome = outcome_name(finished.outcome), exit_code = ?finished.exit_code,
         reason = %finished.reason, "task finished"
     );
+    if finished.unreported {
+        return;
+    }
     shared.report(&dispatch, finished.into_event());
 }
 
@@ -347,7 +352,7 @@ async fn attempt(
                     ..Finished::default()
                 },
                 StopCause::Shutdown => Finished::failure("worker stopped before the task finished"),
-                StopCause::SessionLost => Finished::failure(crate::running::SESSION_LOST),
+                StopCause::SessionLost => Finished { unreported: true, ..Finished::failure(crate::running::SESSION_LOST) },
             }
         }
         Ended::TimedOut(timeout) => {
@@ -451,7 +456,7 @@ fn stopped_before_start(cause: StopCause) -> Finished {
             ..Finished::default()
         },
         StopCause::Shutdown => Finished::failure("worker stopped before the task started"),
-        StopCause::SessionLost => Finished::failure(crate::running::SESSION_LOST),
+        StopCause::SessionLost => Finished { unreported: true, ..Finished::failure(crate::running::SESSION_LOST) },
     }
 }
 
@@ -681,7 +686,7 @@ mod tests {
                 outcome: TaskOutcome::Failure,
                 exit_code: Some(3),
                 reason: "exit code 3".into(),
-                outputs: BTreeMap::new(),
+                ..Finished::default()
             }
         );
         assert_eq!(

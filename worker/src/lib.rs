@@ -27,6 +27,7 @@ mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ use sluice_registry::{paths, Heartbeat, QueueItem, Registry, RegistryError};
 use sluice_runtime::{CancellationToken, Role, RoleError};
 use sluice_tasks::TaskPlugins;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -98,12 +99,24 @@ pub(crate) struct Shared {
     pub(crate) logs: Arc<LiveLogs>,
     /// Running attempts on disk, for a restart after a crash.
     pub(crate) records: records::Records,
+    /// When this worker's current incarnation began, in its heartbeats
+    /// (ms since the epoch): the process start, or the end of the kills
+    /// after a lost registry session. A master fails over an attempt that
+    /// started before its worker's incarnation: it died with the previous one.
+    pub(crate) incarnation: AtomicI64,
+    /// Set while the registry session is lost and the worker kills its
+    /// tasks: no new work until it is a new incarnation.
+    pub(crate) paused: watch::Sender<bool>,
     /// Where finished attempts' logs are copied; none in tests that do
     /// not care.
     pub(crate) log_store: Option<Arc<dyn LogStore>>,
 }
 
 impl Shared {
+    pub(crate) fn incarnation(&self) -> chrono::DateTime<Utc> {
+        chrono::DateTime::from_timestamp_millis(self.incarnation.load(Ordering::SeqCst)).unwrap_or_else(Utc::now)
+    }
+
     /// Queues an event of `dispatch`'s attempt for its master.
     pub(crate) fn report(&self, dispatch: &TaskDispatch, event: Event) {
         let request = TaskEventRequest {
@@ -303,6 +316,8 @@ impl Worker {
             outbox: Outbox::new(self.registry.clone()),
             logs: live_logs,
             records,
+            incarnation: AtomicI64::new(Utc::now().timestamp_millis()),
+            paused: watch::channel(false).0,
             log_store: self.log_store.clone(),
         });
 
@@ -366,7 +381,6 @@ impl Worker {
         slots: u32,
         work_dir: PathBuf,
     ) -> Result<Vec<Heartbeat>, WorkerError> {
-        let started_at = Utc::now();
         let sampler = Arc::new(HostSampler::new(work_dir));
         let mut heartbeats = Vec::new();
         for group in &self.config.groups {
@@ -384,7 +398,7 @@ impl Worker {
                     let beat = WorkerHeartbeat {
                         addr: shared.addr.clone(),
                         groups: groups.clone(),
-                        started_at,
+                        started_at: shared.incarnation(),
                         heartbeat_at: Utc::now(),
                         slots,
                         free_slots: free_slots(slots, &shared.running),
@@ -533,7 +547,13 @@ async fn take_loop(
     }
     let mut first_group = 0;
     let mut retry = TAKE_RETRY_FIRST;
+    let mut paused = shared.paused.subscribe();
     loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            resumed = paused.wait_for(|paused| !*paused) => if resumed.is_err() { return },
+        }
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => return,

@@ -1032,36 +1032,57 @@ async fn external_ids_are_reported_once_and_killed_with_the_task() {
 // Losing the registry session (real ZooKeeper behind a proxy a test cuts)
 
 /// A worker on ZooKeeper through `proxy`, running `sleep 60` as task 41.
-async fn worker_behind(proxy: &sluice_testkit::proxy::TcpProxy, setup: &Setup, master: &mut RecordingMaster, keep_running: bool) -> (Worker, sluice_registry::ZkRegistry, i32) {
+async fn worker_behind(proxy: &sluice_testkit::proxy::TcpProxy, setup: &Setup, master: &mut RecordingMaster, keep_running: bool) -> (Worker, sluice_registry::ZkRegistry, i32, i64) {
     let root = sluice_testkit::zookeeper::unique_root("worker-session");
     let worker_session = sluice_registry::ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(3)).await.unwrap();
-    let watcher = sluice_registry::ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(3)).await.unwrap();
+    let watcher = sluice_registry::ZkRegistry::connect(&sluice_testkit::zookeeper::zookeeper_address(), &root, Duration::from_secs(3)).await.unwrap();
     let config = WorkerConfig { keep_running_when_disconnected: keep_running, ..setup.config(1) };
     let mut worker = Worker::new(config, Arc::new(worker_session));
     worker.start().await.unwrap();
     let t = shell(&master.addr(), 41, "echo $$ > task.pid\nexec sleep 60\n");
     watcher.queue_put("default", &key(&t, Priority::Medium), &t.to_json()).await.unwrap();
-    assert_eq!(kind(&master.next().await), "running");
+    let running = master.next().await;
+    assert_eq!(kind(&running), "running");
     let pid = read_pid(&setup.workdir(&t).join("task.pid")).await;
-    (worker, watcher, pid)
+    (worker, watcher, pid, running.event_time_ms)
+}
+
+async fn wait_for_heartbeat_gone(watcher: &dyn Registry, worker: &Worker) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while heartbeat(watcher, worker).await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the worker's session did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the worker's node in the registry satisfies `check`.
+async fn wait_for_node(watcher: &dyn Registry, worker: &Worker, what: &str, check: impl Fn(&WorkerHeartbeat) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !heartbeat(watcher, worker).await.is_some_and(|beat| check(&beat)) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_cut_off_from_the_registry_kills_its_tasks_and_says_why() {
+async fn a_worker_cut_off_from_the_registry_kills_its_tasks_and_starts_over() {
     let setup = Setup::new();
     let mut master = RecordingMaster::start().await;
     let proxy = sluice_testkit::proxy::TcpProxy::start(&sluice_testkit::zookeeper::zookeeper_address()).unwrap();
-    let (mut worker, _watcher, pid) = worker_behind(&proxy, &setup, &mut master, false).await;
+    let (mut worker, watcher, pid, started) = worker_behind(&proxy, &setup, &mut master, false).await;
 
-    // The master stays reachable: only the registry is cut off.
+    // Only the worker's registry connection is cut: the master stays
+    // reachable, and the watcher sees the registry.
     proxy.cut();
-    let (events, finished) = master.until_finished().await;
-    assert_eq!(kinds(&events), ["finished"]);
-    assert_eq!(finished.outcome(), TaskOutcome::Failure);
-    assert_eq!(finished.reason, "worker lost its registry session");
-    assert!(!alive(pid), "the task was killed");
-    assert!(worker.running_tasks().is_empty());
+    wait_for("the task to be killed", || (!alive(pid)).then_some(())).await;
+    wait_for("the attempt to end", || worker.running_tasks().is_empty().then_some(())).await;
     proxy.restore();
+    // Back as a new incarnation, which masters take as "the attempt died
+    // with the previous one" and fail over (not a failure: no retry used).
+    wait_for_node(&watcher, &worker, "a heartbeat of a new incarnation", |beat| beat.started_at.timestamp_millis() > started && beat.running.is_empty()).await;
+    assert!(master.events.try_recv().is_err(), "the attempt's end is not reported as a failure");
+    let log = Log::read(setup.dir.path().join("logs").join(sluice_logs::LogKey { workflow_instance_id: 7, task_instance_id: 41, attempt: 1 }.relative_path()));
+    assert!(log.sluice().contains(&"killing the task: worker lost its registry session"), "{:?}", log.sluice());
     worker.stop().await.unwrap();
 }
 
@@ -1070,21 +1091,15 @@ async fn a_worker_told_to_keep_running_keeps_its_tasks_through_a_lost_session() 
     let setup = Setup::new();
     let mut master = RecordingMaster::start().await;
     let proxy = sluice_testkit::proxy::TcpProxy::start(&sluice_testkit::zookeeper::zookeeper_address()).unwrap();
-    let (mut worker, watcher, pid) = worker_behind(&proxy, &setup, &mut master, true).await;
-    let generation = watcher.session_generation();
+    let (mut worker, watcher, pid, started) = worker_behind(&proxy, &setup, &mut master, true).await;
 
-    // Long enough for the servers to expire the sessions: the watcher's
-    // (cut off alike) is replaced once the proxy is back.
+    // Until the servers expire the worker's session (its node goes), and
+    // it comes back with a new session.
     proxy.cut();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_for_heartbeat_gone(&watcher, &worker).await;
     proxy.restore();
-    tokio::time::timeout(WAIT, watcher.wait_for_new_session(generation)).await.unwrap().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !watcher.members(&paths::workers_dir("default")).await.is_ok_and(|m| m.iter().any(|m| m.name == worker.addr())) {
-        assert!(tokio::time::Instant::now() < deadline, "the worker did not register again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(worker.running_tasks().len(), 1);
+    wait_for_node(&watcher, &worker, "the worker to register again", |beat| beat.running.len() == 1).await;
+    assert!(heartbeat(&watcher, &worker).await.unwrap().started_at.timestamp_millis() <= started, "the same incarnation");
     assert!(alive(pid), "the task survived the lost session");
     assert!(master.events.try_recv().is_err(), "nothing was reported");
     let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr())).await.unwrap();

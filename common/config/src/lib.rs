@@ -232,9 +232,9 @@ pub struct WorkerConfig {
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
     /// By default a worker cut off from the registry for a third of the session
-    /// timeout (or whose session expired) kills its running tasks and reports them
-    /// failed: its masters may fail them over to another worker, and two attempts of
-    /// one task must not run at once. `true` keeps them running through such a blip;
+    /// timeout (or whose session expired) kills its running tasks and starts over as a
+    /// new incarnation, so that its masters fail them over to another worker: two
+    /// attempts of one task must not run at once. `true` keeps them running through such a blip;
     /// only for workers whose tasks are idempotent, since a failover then runs a
     /// second attempt alongside.
     pub keep_running_when_disconnected: bool,
