@@ -12,12 +12,16 @@
 //! once ZooKeeper is stopped for 10 s; once PostgreSQL is restarted.
 //!
 //! Every task appends `<task instance id> <attempt> <pid> <node> <epoch ms>`
-//! to its own file (named after its task instance) before it sleeps, so the
-//! files say which attempts really started, where and when.
+//! to its own file (named after its task instance) before it sleeps, and
+//! the same with ` end` when it ends (a kill's SIGTERM included), so the
+//! files say which attempts really started, where, when, and until when.
+//! An attempt with no end line was SIGKILLed: with its worker (its end is
+//! then that kill), or by the worker's kill after the grace period.
 //!
 //! It passes when every workflow ended as its definition says (success, or
 //! failure for the ones with a failing task), nothing is left non-final, no
-//! `(task instance, attempt)` started twice, no process exited or panicked
+//! `(task instance, attempt)` started twice, no two attempts of one task
+//! overlapped in time, no process exited or panicked
 //! by itself, and every run of a task beyond its first attempt and its
 //! retries is explained by the death of a worker: the worker of an earlier
 //! attempt was killed after that attempt started. Those re-runs are
@@ -151,6 +155,12 @@ pub struct Report {
     pub unexplained_reruns: u64,
     /// `(task instance, attempt)` pairs that started more than once.
     pub duplicates: u64,
+    /// Pairs of attempts of one task that ran at the same time.
+    pub overlaps: u64,
+    /// Attempts whose end was recorded by the task itself, and those whose
+    /// end is their worker's kill.
+    pub ends_recorded: usize,
+    pub ends_by_worker_kill: usize,
     pub master_recovery: Vec<Recovery>,
     pub worker_recovery: Vec<Recovery>,
     /// From the end of the chaos until every instance and task was final.
@@ -232,6 +242,11 @@ impl fmt::Display for Report {
         );
         let _ = writeln!(out, "  re-runs without a worker death: {}", self.unexplained_reruns);
         let _ = writeln!(out, "  duplicates (same task instance and attempt started twice): {}", self.duplicates);
+        let _ = writeln!(
+            out,
+            "  overlaps (two attempts of one task running at once): {} (ends recorded by the task: {}, taken as their worker's kill: {})",
+            self.overlaps, self.ends_recorded, self.ends_by_worker_kill
+        );
         recovery_line(
             &mut out,
             "master kill -> all its unfinished instances adopted",
@@ -456,7 +471,14 @@ struct Planned {
 
 fn plan_workflows(config: &ChaosConfig, rng: &mut fastrand::Rng, out: &Path) -> Vec<Planned> {
     let out = out.display();
-    let record = format!("echo \"$SLUICE_TASK_INSTANCE_ID $SLUICE_ATTEMPT $$ $CHAOS_NODE $(date +%s%3N)\" >> {out}/$SLUICE_TASK_INSTANCE_ID");
+    // The start, and the end however the script ends short of SIGKILL (a
+    // kill's SIGTERM included): bash runs the trap once `sleep` is gone.
+    let record = format!(
+        "file={out}/$SLUICE_TASK_INSTANCE_ID\n\
+         trap 'echo \"$SLUICE_TASK_INSTANCE_ID $SLUICE_ATTEMPT $$ $CHAOS_NODE $(date +%s%3N) end\" >> $file' EXIT\n\
+         trap 'exit 143' TERM\n\
+         echo \"$SLUICE_TASK_INSTANCE_ID $SLUICE_ATTEMPT $$ $CHAOS_NODE $(date +%s%3N)\" >> $file"
+    );
     (0..config.workflows)
         .map(|i| {
             let n = rng.usize(5..=10);
@@ -664,6 +686,8 @@ pub async fn run(config: ChaosConfig) -> Result<Report, String> {
             ("SLUICE_REGISTRY__KIND".into(), "zookeeper".into()),
             ("SLUICE_REGISTRY__ZOOKEEPER".into(), zk_address.clone()),
             ("SLUICE_REGISTRY__SESSION_TIMEOUT".into(), "4s".into()),
+            // Every role checks the failover grace against it.
+            ("SLUICE_WORKER__KILL_GRACE".into(), "1s".into()),
             ("SLUICE_DATABASE__URL".into(), db.url().to_owned()),
             ("SLUICE_DATABASE__POOL_SIZE".into(), "4".into()),
             ("SLUICE_DATABASE__CONNECT_TIMEOUT".into(), "3s".into()),
@@ -679,7 +703,9 @@ pub async fn run(config: ChaosConfig) -> Result<Report, String> {
         let mut env = common(&name);
         env.extend([
             ("SLUICE_MASTER__LISTEN".into(), addr.clone()),
-            ("SLUICE_MASTER__FAILOVER_GRACE".into(), "2s".into()),
+            // At least worker.kill_grace + session_timeout / 3 (see
+            // `sluice_config::failover_margin`).
+            ("SLUICE_MASTER__FAILOVER_GRACE".into(), "3s".into()),
             ("SLUICE_MASTER__COMMAND_INTERVAL".into(), "100ms".into()),
             ("SLUICE_MASTER__HEARTBEAT_INTERVAL".into(), "1s".into()),
         ]);
@@ -696,7 +722,6 @@ pub async fn run(config: ChaosConfig) -> Result<Report, String> {
             ("SLUICE_WORKER__GROUPS".into(), "default".into()),
             ("SLUICE_WORKER__SLOTS".into(), "4".into()),
             ("SLUICE_WORKER__HEARTBEAT_INTERVAL".into(), "1s".into()),
-            ("SLUICE_WORKER__KILL_GRACE".into(), "1s".into()),
             ("SLUICE_WORKER__WORK_DIR".into(), home.join("work").display().to_string()),
             ("SLUICE_WORKER__LOG_DIR".into(), home.join("logs").display().to_string()),
         ]);
@@ -1003,6 +1028,48 @@ async fn all_tasks_final(store: &Arc<dyn Store>, submitted: &[(usize, WorkflowIn
     true
 }
 
+/// No two attempts of one task may run at the same time. An attempt runs
+/// from its start line to its end line; without one it was SIGKILLed, which
+/// the chaos only does by killing its worker (the supervisor takes the task
+/// down with it): it ended at the first kill of its node after it started.
+/// Failing that, nothing bounds it, and it counts as running on.
+fn check_overlaps(started: &BTreeMap<(i64, u32), Vec<(String, i64)>>, ended: &BTreeMap<(i64, u32), i64>, kill_times: &HashMap<String, Vec<i64>>, report: &mut Report) {
+    let mut by_task: BTreeMap<i64, Vec<(u32, i64, i64, String)>> = BTreeMap::new();
+    for ((id, attempt), runs) in started {
+        for (node, at) in runs {
+            let end = match ended.get(&(*id, *attempt)) {
+                Some(end) => {
+                    report.ends_recorded += 1;
+                    *end
+                }
+                None => match kill_times.get(node).and_then(|kills| kills.iter().filter(|k| **k + KILL_SLACK_MS >= *at).min()) {
+                    Some(kill) => {
+                        report.ends_by_worker_kill += 1;
+                        // The supervisor's SIGKILL follows the worker's at once.
+                        kill + KILL_SLACK_MS
+                    }
+                    None => i64::MAX,
+                },
+            };
+            by_task.entry(*id).or_default().push((*attempt, *at, end, node.clone()));
+        }
+    }
+    for (id, mut runs) in by_task {
+        runs.sort_by_key(|run| run.1);
+        for (i, (attempt, start, end, node)) in runs.iter().enumerate() {
+            for (later, later_start, _, later_node) in &runs[i + 1..] {
+                if later_start < end {
+                    report.overlaps += 1;
+                    let shown_end = if *end == i64::MAX { "no recorded end and no kill of its worker".to_owned() } else { format!("ended at {end}") };
+                    report.problems.push(format!(
+                        "task instance {id}: attempt {later} started at {later_start} on {later_node} while attempt {attempt} (started at {start} on {node}, {shown_end}) still ran"
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// Compares the database and the task files with what each workflow must do.
 async fn check(
     store: &Arc<dyn Store>,
@@ -1017,6 +1084,8 @@ async fn check(
     }
     // (task instance, attempt) -> where and when (ms) it started, once per start.
     let mut started: BTreeMap<(i64, u32), Vec<(String, i64)>> = BTreeMap::new();
+    // (task instance, attempt) -> when it ended, by its own account.
+    let mut ended: BTreeMap<(i64, u32), i64> = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(out) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -1030,11 +1099,18 @@ async fn check(
                 let attempt = fields.next().and_then(|f| f.parse::<u32>().ok());
                 let node = fields.nth(1).map(str::to_owned);
                 let at = fields.next().and_then(|f| f.parse::<i64>().ok());
+                let end = fields.next();
                 let (Some(id), Some(attempt), Some(node), Some(at)) = (id, attempt, node, at) else {
                     report.problems.push(format!("task file {name}: unreadable line `{line}`"));
                     continue;
                 };
-                started.entry((id, attempt)).or_default().push((node, at));
+                match end {
+                    None => started.entry((id, attempt)).or_default().push((node, at)),
+                    Some("end") => {
+                        ended.insert((id, attempt), at);
+                    }
+                    Some(_) => report.problems.push(format!("task file {name}: unreadable line `{line}`")),
+                }
             }
         }
     }
@@ -1045,6 +1121,7 @@ async fn check(
             report.problems.push(format!("task instance {id} attempt {attempt} started {} times: {runs:?}", runs.len()));
         }
     }
+    check_overlaps(&started, &ended, kill_times, report);
     let deadline = Instant::now() + Duration::from_secs(60);
     for (i, id) in submitted {
         let plan = &planned[*i];
@@ -1121,5 +1198,39 @@ async fn check(
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(list: &[((i64, u32), &str, i64)]) -> BTreeMap<(i64, u32), Vec<(String, i64)>> {
+        let mut started: BTreeMap<(i64, u32), Vec<(String, i64)>> = BTreeMap::new();
+        for (key, node, at) in list {
+            started.entry(*key).or_default().push((node.to_string(), *at));
+        }
+        started
+    }
+
+    #[test]
+    fn attempts_of_one_task_must_not_overlap() {
+        let kills: HashMap<String, Vec<i64>> = HashMap::from([("worker-0".to_owned(), vec![5_000])]);
+        // Attempt 1 SIGKILLed with its worker at 5 s; attempt 2 after that.
+        let started = runs(&[((1, 1), "worker-0", 1_000), ((1, 2), "worker-1", 9_000), ((2, 1), "worker-1", 1_000), ((2, 2), "worker-2", 3_000)]);
+        let ended = BTreeMap::from([((1, 2), 10_000), ((2, 1), 2_000), ((2, 2), 4_000)]);
+        let mut report = Report::default();
+        check_overlaps(&started, &ended, &kills, &mut report);
+        assert_eq!(report.overlaps, 0, "{:?}", report.problems);
+        assert_eq!((report.ends_recorded, report.ends_by_worker_kill), (3, 1));
+
+        // The old attempt ran on past the new one's start: recorded end, or
+        // no end and no kill of its worker.
+        let ended = BTreeMap::from([((1, 1), 9_500), ((2, 2), 4_000)]);
+        let mut report = Report::default();
+        check_overlaps(&started, &ended, &HashMap::new(), &mut report);
+        assert_eq!(report.overlaps, 2, "{:?}", report.problems);
+        assert!(report.problems[0].contains("attempt 2 started at 9000 on worker-1 while attempt 1"), "{}", report.problems[0]);
+        assert!(report.problems[1].contains("no recorded end"), "{}", report.problems[1]);
     }
 }

@@ -1,7 +1,8 @@
 //! The chaos test's short form, run by `scripts/test.sh`: 3 masters and 3
 //! workers as `sluice` processes, about a minute of SIGKILLs, a 10 s
 //! ZooKeeper outage and a PostgreSQL restart, then every workflow must have
-//! ended as its definition says, with no task attempt run twice. See
+//! ended as its definition says, with no task attempt run twice and no two
+//! attempts of one task running at the same time. See
 //! `sluice_e2e::chaos` for what is checked and how; the long form is
 //! `cargo run --release -p sluice-e2e --bin chaos -- --minutes 30`.
 //!

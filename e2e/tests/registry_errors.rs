@@ -44,6 +44,9 @@ impl Flaky {
 
 #[async_trait]
 impl Registry for Flaky {
+    fn session_timeout(&self) -> std::time::Duration {
+        self.inner.session_timeout()
+    }
     async fn register(&self, path: &str, data: &[u8]) -> Result<(), RegistryError> {
         self.inner.register(path, data).await
     }

@@ -1,6 +1,7 @@
 //! Running one task attempt as an OS process group, start to report.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -12,8 +13,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use sluice_domain::TaskDispatch;
 use sluice_proto::v1::{
-    task_event_request::Event, TaskEventRequest, TaskFinished, TaskOutcome, TaskRunning,
-    TaskTimeoutWarning,
+    task_event_request::Event, TaskEventRequest, TaskExternalId, TaskFinished, TaskOutcome,
+    TaskRunning, TaskTimeoutWarning,
 };
 use sluice_logs::LogKey;
 use sluice_registry::QueueItem;
@@ -24,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::fetch::{self, NotRun, Payload};
 use crate::logs::{self, LogWriter};
+use crate::supervisor;
 use crate::running::{StopCause, TaskAttempt};
 use crate::Shared;
 
@@ -42,15 +44,17 @@ pub(crate) struct Finished {
     pub reason: String,
     /// Output parameters the task printed (`${setValue(key=value)}`).
     pub outputs: BTreeMap<String, String>,
+    /// Not to be reported: the worker lost its registry session, and its
+    /// masters fail the attempt over (see `session`).
+    pub unreported: bool,
 }
 
 impl Finished {
     fn failure(reason: impl Into<String>) -> Self {
         Finished {
             outcome: TaskOutcome::Failure,
-            exit_code: None,
             reason: reason.into(),
-            outputs: BTreeMap::new(),
+            ..Finished::default()
         }
     }
 
@@ -130,6 +134,9 @@ pub(crate) async fn run(
         attempt = dispatch.attempt, outcome = outcome_name(finished.outcome), exit_code = ?finished.exit_code,
         reason = %finished.reason, "task finished"
     );
+    if finished.unreported {
+        return;
+    }
     shared.report(&dispatch, finished.into_event());
 }
 
@@ -238,7 +245,7 @@ async fn attempt(
             return (failed(error.to_string()), Some(log));
         }
     };
-    let (mut command, output) = match prepare_process(dispatch, &spec, &workdir).await {
+    let (mut command, output, control) = match prepare_process(dispatch, &spec, &workdir).await {
         Ok(prepared) => prepared,
         Err(reason) => {
             log.note(&reason).await;
@@ -252,8 +259,14 @@ async fn attempt(
     }
     let spawned = command.spawn();
     // Our copies of the pipe's write end: the read end must see EOF
-    // once the task's processes are gone.
+    // once the task's processes are gone. The control pipe's read end is
+    // the supervisor's alone.
     drop(command);
+    let supervisor::Control { read: control_read, write: control } = control;
+    drop(control_read);
+    // Dropped (on every way out of this function, a panic included), it
+    // makes the supervisor kill the attempt's whole tree.
+    let mut control = Some(control);
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
@@ -266,6 +279,8 @@ async fn attempt(
         // Only possible once the child has been reaped, which we have not.
         return (failed("the task process vanished as it started".into()), Some(log));
     };
+    // Where a restarted worker finds it, should this one die uncleanly.
+    let _record = shared.records.record(TaskAttempt { task_instance_id: dispatch.task_instance_id, attempt: dispatch.attempt }, pid);
     let output = match tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(output)) {
         Ok(output) => output,
         Err(error) => {
@@ -277,7 +292,16 @@ async fn attempt(
     };
     let (notes, notes_rx) = mpsc::unbounded_channel();
     let (drain, drain_by) = oneshot::channel();
-    let pumping = tokio::spawn(logs::pump(output, log, notes_rx, drain_by));
+    let (found_id, mut external_found) = oneshot::channel();
+    let external = {
+        let (plugins, task_type) = (shared.plugins.clone(), dispatch.task_type.to_string());
+        logs::ExternalIds {
+            find: Box::new(move |line| plugins.get(&task_type)?.external_id(line)),
+            found: found_id,
+        }
+    };
+    let pumping = tokio::spawn(logs::pump(output, log, notes_rx, drain_by, Some(external)));
+    let mut external_id: Option<String> = None;
     info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, pid, log = %log_path.display(), "task started");
     shared.report(
         dispatch,
@@ -290,9 +314,18 @@ async fn attempt(
     let group = Pid::from_raw(pid as i32);
     let mut timeout_at = dispatch.timeout.map(|timeout| Instant::now() + timeout);
     let mut stop_open = true;
+    let mut id_open = true;
     let ended = loop {
         tokio::select! {
             status = child.wait() => break Ended::Exited(status),
+            id = &mut external_found, if id_open => {
+                id_open = false;
+                if let Ok(id) = id {
+                    info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, external_id = %id, "task reported an external id");
+                    shared.report(dispatch, Event::ExternalId(TaskExternalId { id: id.clone() }));
+                    external_id = Some(id);
+                }
+            },
             cause = &mut stop, if stop_open => match cause {
                 Ok(cause) => break Ended::Stopped(cause),
                 // Not reachable while the attempt is registered; be safe.
@@ -331,8 +364,10 @@ async fn attempt(
                 StopCause::Kill(reason) if !reason.is_empty() => format!("killing the task: {reason}"),
                 StopCause::Kill(_) => "killing the task".to_owned(),
                 StopCause::Shutdown => "killing the task: the worker is stopping".to_owned(),
+                StopCause::SessionLost => format!("killing the task: {}", crate::running::SESSION_LOST),
             });
-            let status = kill_group(&mut child, group, shared.kill_grace).await;
+            let status = kill_group(&mut child, group, &mut control, shared.kill_grace).await;
+            kill_external(shared, dispatch, external_id.as_deref(), &notes).await;
             match cause {
                 StopCause::Kill(reason) => Finished {
                     outcome: TaskOutcome::Killed,
@@ -345,10 +380,12 @@ async fn attempt(
                     ..Finished::default()
                 },
                 StopCause::Shutdown => Finished::failure("worker stopped before the task finished"),
+                StopCause::SessionLost => Finished { unreported: true, ..Finished::failure(crate::running::SESSION_LOST) },
             }
         }
         Ended::TimedOut(timeout) => {
-            kill_group(&mut child, group, shared.kill_grace).await;
+            kill_group(&mut child, group, &mut control, shared.kill_grace).await;
+            kill_external(shared, dispatch, external_id.as_deref(), &notes).await;
             Finished::failure(format!(
                 "timed out after {}",
                 humantime::format_duration(timeout)
@@ -367,6 +404,38 @@ async fn attempt(
         Err(error) => {
             error!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, %error, "copying the task's output failed");
             (finished, None)
+        }
+    }
+}
+
+/// How long a plugin's kill command may take.
+const KILL_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the plugin's kill command for the attempt's external id, if it has
+/// one: the work the attempt started elsewhere (a YARN application) does
+/// not end with its local processes. Best effort: the outcome is logged,
+/// the attempt ends killed whatever it is.
+async fn kill_external(shared: &Shared, dispatch: &TaskDispatch, external_id: Option<&str>, notes: &mpsc::UnboundedSender<String>) {
+    let Some(id) = external_id else { return };
+    let Some(spec) = shared.plugins.get(dispatch.task_type.as_str()).and_then(|plugin| plugin.kill_command(id)) else { return };
+    let shown = command_line(&spec);
+    let _ = notes.send(format!("stopping external id {id}: {shown}"));
+    let mut command = Command::new(&spec.program);
+    command.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let result = match command.spawn() {
+        Ok(child) => match tokio::time::timeout(KILL_COMMAND_TIMEOUT, child.wait_with_output()).await {
+            Ok(Ok(output)) if output.status.success() => Ok(()),
+            Ok(Ok(output)) => Err(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no end after {}", humantime::format_duration(KILL_COMMAND_TIMEOUT))),
+        },
+        Err(error) => Err(format!("cannot start it: {error}")),
+    };
+    match result {
+        Ok(()) => info!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, external_id = id, command = %shown, "external work stopped"),
+        Err(error) => {
+            warn!(task_instance = %dispatch.task_instance_id, attempt = dispatch.attempt, external_id = id, command = %shown, %error, "kill command failed");
+            let _ = notes.send(format!("kill command for external id {id} failed: {error}"));
         }
     }
 }
@@ -415,6 +484,7 @@ fn stopped_before_start(cause: StopCause) -> Finished {
             ..Finished::default()
         },
         StopCause::Shutdown => Finished::failure("worker stopped before the task started"),
+        StopCause::SessionLost => Finished { unreported: true, ..Finished::failure(crate::running::SESSION_LOST) },
     }
 }
 
@@ -431,7 +501,7 @@ async fn prepare_process(
     dispatch: &TaskDispatch,
     spec: &sluice_tasks::ProcessSpec,
     workdir: &Path,
-) -> Result<(Command, std::io::PipeReader), String> {
+) -> Result<(Command, std::io::PipeReader, supervisor::Control), String> {
     // The directory and every file in one trip to the blocking pool: a
     // short task spends a good part of its hand-off on such trips.
     let files: Vec<(std::path::PathBuf, String)> = spec.files.iter().map(|(name, content)| (workdir.join(name), content.clone())).collect();
@@ -468,7 +538,9 @@ async fn prepare_process(
     for (name, value) in env(dispatch, spec)? {
         command.env(name, value);
     }
-    Ok((command, output))
+    let control = supervisor::install(command.as_std_mut())
+        .map_err(|e| format!("cannot create the task supervisor's pipe: {e}"))?;
+    Ok((command, output, control))
 }
 
 /// The task's environment on top of the worker's: the plugin's variables,
@@ -535,10 +607,12 @@ fn signal_name(signal: i32) -> String {
     Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.as_str().to_owned())
 }
 
-/// Stops the whole process group: SIGTERM, then SIGKILL to whatever is
-/// left after `grace` (the task's own children included, even once the
-/// leader is gone). Returns the leader's exit status if it could be read.
-async fn kill_group(child: &mut Child, group: Pid, grace: Duration) -> Option<ExitStatus> {
+/// Stops the whole process group: SIGTERM, then, after `grace`, the
+/// supervisor's SIGKILL to the whole tree (closing `control`) and SIGKILL
+/// to whatever is left in the group (the task's own children included,
+/// even once the leader is gone). Returns the task's exit status if it
+/// could be read.
+async fn kill_group(child: &mut Child, group: Pid, control: &mut Option<OwnedFd>, grace: Duration) -> Option<ExitStatus> {
     signal_group(group, Signal::SIGTERM);
     let grace_end = Instant::now() + grace;
     let mut status = tokio::time::timeout_at(grace_end, child.wait())
@@ -551,6 +625,15 @@ async fn kill_group(child: &mut Child, group: Pid, grace: Duration) -> Option<Ex
         tokio::time::sleep(GROUP_POLL).await;
     }
     if status.is_none() || group_alive(group) {
+        // The supervisor kills its descendants that left the group too;
+        // the group's SIGKILL, which would end the supervisor at once, comes
+        // once it is done (or gone).
+        if control.take().is_some() && status.is_none() {
+            status = tokio::time::timeout(AFTER_SIGKILL, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
         signal_group(group, Signal::SIGKILL);
         if status.is_none() {
             status = tokio::time::timeout(AFTER_SIGKILL, child.wait())
@@ -631,7 +714,7 @@ mod tests {
                 outcome: TaskOutcome::Failure,
                 exit_code: Some(3),
                 reason: "exit code 3".into(),
-                outputs: BTreeMap::new(),
+                ..Finished::default()
             }
         );
         assert_eq!(

@@ -20,11 +20,15 @@ mod host;
 mod logs;
 mod orphans;
 mod outbox;
+mod records;
 mod running;
 mod service;
+mod session;
+mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +45,7 @@ use sluice_registry::{paths, Heartbeat, QueueItem, Registry, RegistryError};
 use sluice_runtime::{CancellationToken, Role, RoleError, RoleTasks};
 use sluice_tasks::TaskPlugins;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::host::HostSampler;
@@ -93,12 +97,26 @@ pub(crate) struct Shared {
     pub(crate) running: Arc<Running>,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) logs: Arc<LiveLogs>,
+    /// Running attempts on disk, for a restart after a crash.
+    pub(crate) records: records::Records,
+    /// When this worker's current incarnation began, in its heartbeats
+    /// (ms since the epoch): the process start, or the end of the kills
+    /// after a lost registry session. A master fails over an attempt that
+    /// started before its worker's incarnation: it died with the previous one.
+    pub(crate) incarnation: AtomicI64,
+    /// Set while the registry session is lost and the worker kills its
+    /// tasks: no new work until it is a new incarnation.
+    pub(crate) paused: watch::Sender<bool>,
     /// Where finished attempts' logs are copied; none in tests that do
     /// not care.
     pub(crate) log_store: Option<Arc<dyn LogStore>>,
 }
 
 impl Shared {
+    pub(crate) fn incarnation(&self) -> chrono::DateTime<Utc> {
+        chrono::DateTime::from_timestamp_millis(self.incarnation.load(Ordering::SeqCst)).unwrap_or_else(Utc::now)
+    }
+
     /// Queues an event of `dispatch`'s attempt for its master.
     pub(crate) fn report(&self, dispatch: &TaskDispatch, event: Event) {
         let request = TaskEventRequest {
@@ -242,6 +260,14 @@ impl Worker {
         }
         let work_dir = make_dir(&self.config.work_dir)?;
         let log_dir = make_dir(&self.config.log_dir)?;
+        let records = records::Records::open(&work_dir, records::Process::current()).map_err(|source| WorkerError::Directory {
+            path: work_dir.clone(),
+            source,
+        })?;
+        // Before any work is taken (or this worker is even registered):
+        // nothing a dead predecessor ran may overlap a new attempt.
+        let survivors = records.clone();
+        let _ = tokio::task::spawn_blocking(move || survivors.kill_survivors()).await;
 
         let listen = self.config.listen;
         let listener = TcpListener::bind(listen)
@@ -287,6 +313,9 @@ impl Worker {
             running,
             outbox: Outbox::new(self.registry.clone()),
             logs: live_logs,
+            records,
+            incarnation: AtomicI64::new(Utc::now().timestamp_millis()),
+            paused: watch::channel(false).0,
             log_store: self.log_store.clone(),
         });
 
@@ -314,6 +343,12 @@ impl Worker {
             stop_taking.clone(),
             logs::retention_loop(shared.log_dir.clone(), self.log_retention, stop_taking.clone()),
         );
+        // A session closed for good has nothing left to watch.
+        loops.spawn_may_finish(
+            "session loop",
+            stop_taking.clone(),
+            session::session_loop(shared.clone(), self.registry.clone(), self.config.keep_running_when_disconnected, stop_taking.clone()),
+        );
         info!(%addr, %local_addr, groups = ?self.config.groups, slots, task_types = ?self.plugins.known(), "worker started");
         self.started = Some(Started {
             local_addr,
@@ -336,7 +371,6 @@ impl Worker {
         slots: u32,
         work_dir: PathBuf,
     ) -> Result<Vec<Heartbeat>, WorkerError> {
-        let started_at = Utc::now();
         let sampler = Arc::new(HostSampler::new(work_dir));
         let mut heartbeats = Vec::new();
         for group in &self.config.groups {
@@ -354,7 +388,7 @@ impl Worker {
                     let beat = WorkerHeartbeat {
                         addr: shared.addr.clone(),
                         groups: groups.clone(),
-                        started_at,
+                        started_at: shared.incarnation(),
                         heartbeat_at: Utc::now(),
                         slots,
                         free_slots: free_slots(slots, &shared.running),
@@ -506,7 +540,13 @@ async fn take_loop(
     }
     let mut first_group = 0;
     let mut retry = TAKE_RETRY_FIRST;
+    let mut paused = shared.paused.subscribe();
     loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            resumed = paused.wait_for(|paused| !*paused) => if resumed.is_err() { return },
+        }
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => return,

@@ -134,6 +134,25 @@ impl LogWriter {
     }
 }
 
+/// Reads an external id in a line, if there is one.
+pub(crate) type FindId = Box<dyn Fn(&str) -> Option<String> + Send>;
+
+/// Finds the attempt's external id (see
+/// [`sluice_tasks::TaskPlugin::external_id`]) in its output lines: the
+/// first one found is sent on `found`, once.
+pub(crate) struct ExternalIds {
+    pub find: FindId,
+    pub found: oneshot::Sender<String>,
+}
+
+/// What is read from the task's lines as they go by (the log is not read
+/// again).
+#[derive(Default)]
+struct Scan {
+    outputs: BTreeMap<String, String>,
+    external: Option<ExternalIds>,
+}
+
 /// What [`pump`] hands back once the pipe is drained.
 pub(crate) struct Pumped {
     pub writer: LogWriter,
@@ -152,8 +171,9 @@ pub(crate) async fn pump(
     mut writer: LogWriter,
     mut notes: mpsc::UnboundedReceiver<String>,
     mut drain_by: oneshot::Receiver<Instant>,
+    external: Option<ExternalIds>,
 ) -> Pumped {
-    let mut outputs = BTreeMap::new();
+    let mut outputs = Scan { outputs: BTreeMap::new(), external };
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut deadline: Option<Instant> = None;
@@ -191,16 +211,21 @@ pub(crate) async fn pump(
                 let rest = take_line(&mut pending, &mut outputs);
                 writer.write(&rest).await;
                 writer.note("output after the task exited is not logged: a process it left in the background still holds its stdout").await;
-                return Pumped { writer, outputs };
+                return Pumped { writer, outputs: outputs.outputs };
             }
         }
     }
     let rest = take_line(&mut pending, &mut outputs);
     writer.write(&rest).await;
-    while let Ok(note) = notes.try_recv() {
-        writer.note(&note).await;
+    // The runner may still have notes (how a kill went): it drops its
+    // sender once it has said everything.
+    while notes_open {
+        match notes.recv().await {
+            Some(note) => writer.note(&note).await,
+            None => notes_open = false,
+        }
     }
-    Pumped { writer, outputs }
+    Pumped { writer, outputs: outputs.outputs }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -213,7 +238,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Formats and removes the whole lines of `pending` (and cuts lines
 /// longer than [`MAX_LINE_BYTES`]); what remains is a line in progress.
 /// Every line of one read gets the same timestamp: they arrived together.
-fn split_lines(pending: &mut Vec<u8>, outputs: &mut BTreeMap<String, String>) -> String {
+fn split_lines(pending: &mut Vec<u8>, outputs: &mut Scan) -> String {
     let now = timestamp(Utc::now());
     let mut lines = String::new();
     let mut start = 0;
@@ -235,7 +260,7 @@ fn split_lines(pending: &mut Vec<u8>, outputs: &mut BTreeMap<String, String>) ->
 }
 
 /// Formats all of `pending`, a line without its end yet, and empties it.
-fn take_line(pending: &mut Vec<u8>, outputs: &mut BTreeMap<String, String>) -> String {
+fn take_line(pending: &mut Vec<u8>, outputs: &mut Scan) -> String {
     let mut lines = String::new();
     let now = timestamp(Utc::now());
     for chunk in pending.chunks(MAX_LINE_BYTES) {
@@ -245,9 +270,16 @@ fn take_line(pending: &mut Vec<u8>, outputs: &mut BTreeMap<String, String>) -> S
     lines
 }
 
-fn push_line(lines: &mut String, stamp: &str, text: &[u8], outputs: &mut BTreeMap<String, String>) {
+fn push_line(lines: &mut String, stamp: &str, text: &[u8], scan: &mut Scan) {
     if contains(text, b"${setValue(") {
-        sluice_params::output_params(&String::from_utf8_lossy(text), outputs);
+        sluice_params::output_params(&String::from_utf8_lossy(text), &mut scan.outputs);
+    }
+    if let Some(external) = &scan.external {
+        if let Some(id) = (external.find)(&String::from_utf8_lossy(text)) {
+            if let Some(external) = scan.external.take() {
+                let _ = external.found.send(id);
+            }
+        }
     }
     sluice_logs::push_line(lines, stamp, Source::Out, text);
 }
@@ -371,18 +403,29 @@ mod tests {
 
     #[test]
     fn output_is_cut_into_whole_lines() {
-        let mut outputs = BTreeMap::new();
+        let mut outputs = Scan::default();
         let mut pending = b"a\n\nb\r\nc ${setValue(k=v)}\npart".to_vec();
         let lines = split_lines(&mut pending, &mut outputs);
         let texts: Vec<&str> = lines.lines().map(|l| l.split_once(' ').unwrap().1).collect();
         assert_eq!(texts, ["[out] a", "[out] ", "[out] b", "[out] c ${setValue(k=v)}"]);
         assert_eq!(pending, b"part");
-        assert_eq!(outputs.get("k").map(String::as_str), Some("v"));
+        assert_eq!(outputs.outputs.get("k").map(String::as_str), Some("v"));
         let mut long = vec![b'x'; MAX_LINE_BYTES * 2 + 5];
         let lines = split_lines(&mut long, &mut outputs);
         assert_eq!(lines.lines().count(), 2, "two full pieces written, the rest waits");
         assert_eq!(long.len(), 5);
         assert_eq!(take_line(&mut long, &mut outputs).lines().count(), 1);
         assert!(long.is_empty());
+    }
+
+    #[test]
+    fn the_first_external_id_is_reported_once() {
+        let (found, mut reported) = oneshot::channel();
+        let find = Box::new(|line: &str| line.split_whitespace().find(|w| w.starts_with("application_")).map(str::to_owned));
+        let mut scan = Scan { external: Some(ExternalIds { find, found }), ..Scan::default() };
+        let mut pending = b"starting\nsubmitted application_1_0001\nthen application_1_0002\n".to_vec();
+        split_lines(&mut pending, &mut scan);
+        assert_eq!(reported.try_recv().unwrap(), "application_1_0001");
+        assert!(scan.external.is_none(), "only the first id is looked for");
     }
 }

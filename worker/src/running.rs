@@ -14,7 +14,15 @@ pub(crate) enum StopCause {
     /// The worker is shutting down and the attempt outlived the grace
     /// period: it ends `FAILURE`, so the master may retry it elsewhere.
     Shutdown,
+    /// The worker lost its registry session: its masters may fail the
+    /// attempt over, so it must not run on. Ends `FAILURE` with
+    /// [`SESSION_LOST`] as the reason.
+    SessionLost,
 }
+
+/// The failure reason of attempts killed because their worker lost its
+/// registry session.
+pub(crate) const SESSION_LOST: &str = "worker lost its registry session";
 
 /// One attempt of a task instance on this worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

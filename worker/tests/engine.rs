@@ -264,6 +264,7 @@ impl Setup {
             work_dir: self.dir.path().join("work"),
             log_dir: self.dir.path().join("logs"),
             kill_grace: Duration::from_millis(500),
+            keep_running_when_disconnected: false,
         }
     }
 
@@ -1028,5 +1029,148 @@ async fn raw_output_becomes_whole_lines_served_in_pages_and_followed() {
     }
     assert!(last.unwrap().finished);
     assert_eq!(followed, all);
+    worker.stop().await.unwrap();
+}
+
+/// A task type that runs shell scripts and says its output names a job in
+/// another system (`job_<n>`) that a kill must also stop.
+struct RemoteJobs {
+    shell: sluice_tasks::ScriptPlugin,
+    killed: PathBuf,
+}
+
+impl sluice_tasks::TaskPlugin for RemoteJobs {
+    fn task_type(&self) -> &'static str {
+        "remote"
+    }
+    fn body_fields(&self) -> &'static [&'static str] {
+        self.shell.body_fields()
+    }
+    fn validate(&self, spec: &sluice_domain::TaskSpec) -> Result<(), String> {
+        self.shell.validate(spec)
+    }
+    fn prepare(&self, dispatch: &TaskDispatch, workdir: &Path) -> Result<sluice_tasks::ProcessSpec, String> {
+        self.shell.prepare(dispatch, workdir)
+    }
+    fn external_id(&self, line: &str) -> Option<String> {
+        line.split_whitespace().find(|w| w.starts_with("job_")).map(str::to_owned)
+    }
+    fn kill_command(&self, external_id: &str) -> Option<sluice_tasks::ProcessSpec> {
+        Some(sluice_tasks::ProcessSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), format!("echo {external_id} >> {}", self.killed.display())],
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_ids_are_reported_once_and_killed_with_the_task() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let killed = setup.dir.path().join("killed");
+    let plugins = sluice_tasks::TaskPlugins::builtin().with(Arc::new(RemoteJobs { shell: sluice_tasks::ScriptPlugin::shell(), killed: killed.clone() }));
+    let mut worker = setup.worker_with(setup.config(1)).with_plugins(plugins);
+    worker.start().await.unwrap();
+    let t = task(&master.addr(), 31, "remote", "echo submitted job_1 to the cluster\necho tracking job_1 job_2\nsleep 60\n");
+    setup.put(&t).await;
+    assert_eq!(kind(&master.next().await), "running");
+    let event = master.next().await;
+    match &event.event {
+        Some(Event::ExternalId(external)) => assert_eq!(external.id, "job_1"),
+        other => panic!("expected the external id, got {other:?}"),
+    }
+
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr())).await.unwrap();
+    let kill = KillTaskRequest { task_instance_id: 31, attempt: 1, reason: "killed by alice".into() };
+    assert!(client.kill_task(kill).await.unwrap().into_inner().found);
+    let (events, finished) = master.until_finished().await;
+    assert_eq!(kinds(&events), ["finished"], "the id is reported once");
+    assert_eq!(finished.outcome(), TaskOutcome::Killed);
+    assert_eq!(std::fs::read_to_string(&killed).unwrap(), "job_1\n", "the kill command ran for the id");
+    let log = Log::read(setup.dir.path().join("logs").join(sluice_logs::LogKey { workflow_instance_id: 7, task_instance_id: 31, attempt: 1 }.relative_path()));
+    assert!(log.sluice().iter().any(|l| l.starts_with("stopping external id job_1")), "{:?}", log.sluice());
+    worker.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Losing the registry session (real ZooKeeper behind a proxy a test cuts)
+
+/// A worker on ZooKeeper through `proxy`, running `sleep 60` as task 41.
+async fn worker_behind(proxy: &sluice_testkit::proxy::TcpProxy, setup: &Setup, master: &mut RecordingMaster, keep_running: bool) -> (Worker, sluice_registry::ZkRegistry, i32, i64) {
+    let root = sluice_testkit::zookeeper::unique_root("worker-session");
+    let worker_session = sluice_registry::ZkRegistry::connect(&proxy.address(), &root, Duration::from_secs(3)).await.unwrap();
+    let watcher = sluice_registry::ZkRegistry::connect(&sluice_testkit::zookeeper::zookeeper_address(), &root, Duration::from_secs(3)).await.unwrap();
+    let config = WorkerConfig { keep_running_when_disconnected: keep_running, ..setup.config(1) };
+    let mut worker = Worker::new(config, Arc::new(worker_session));
+    worker.start().await.unwrap();
+    let t = shell(&master.addr(), 41, "echo $$ > task.pid\nexec sleep 60\n");
+    watcher.queue_put("default", &key(&t, Priority::Medium), &t.to_json()).await.unwrap();
+    let running = master.next().await;
+    assert_eq!(kind(&running), "running");
+    let pid = read_pid(&setup.workdir(&t).join("task.pid")).await;
+    (worker, watcher, pid, running.event_time_ms)
+}
+
+async fn wait_for_heartbeat_gone(watcher: &dyn Registry, worker: &Worker) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while heartbeat(watcher, worker).await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the worker's session did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the worker's node in the registry satisfies `check`.
+async fn wait_for_node(watcher: &dyn Registry, worker: &Worker, what: &str, check: impl Fn(&WorkerHeartbeat) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !heartbeat(watcher, worker).await.is_some_and(|beat| check(&beat)) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_registry_kills_its_tasks_and_starts_over() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let proxy = sluice_testkit::proxy::TcpProxy::start(&sluice_testkit::zookeeper::zookeeper_address()).unwrap();
+    let (mut worker, watcher, pid, started) = worker_behind(&proxy, &setup, &mut master, false).await;
+
+    // Only the worker's registry connection is cut: the master stays
+    // reachable, and the watcher sees the registry.
+    proxy.cut();
+    wait_for("the task to be killed", || (!alive(pid)).then_some(())).await;
+    wait_for("the attempt to end", || worker.running_tasks().is_empty().then_some(())).await;
+    proxy.restore();
+    // Back as a new incarnation, which masters take as "the attempt died
+    // with the previous one" and fail over (not a failure: no retry used).
+    wait_for_node(&watcher, &worker, "a heartbeat of a new incarnation", |beat| beat.started_at.timestamp_millis() > started && beat.running.is_empty()).await;
+    assert!(master.events.try_recv().is_err(), "the attempt's end is not reported as a failure");
+    let log = Log::read(setup.dir.path().join("logs").join(sluice_logs::LogKey { workflow_instance_id: 7, task_instance_id: 41, attempt: 1 }.relative_path()));
+    assert!(log.sluice().contains(&"killing the task: worker lost its registry session"), "{:?}", log.sluice());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_to_keep_running_keeps_its_tasks_through_a_lost_session() {
+    let setup = Setup::new();
+    let mut master = RecordingMaster::start().await;
+    let proxy = sluice_testkit::proxy::TcpProxy::start(&sluice_testkit::zookeeper::zookeeper_address()).unwrap();
+    let (mut worker, watcher, pid, started) = worker_behind(&proxy, &setup, &mut master, true).await;
+
+    // Until the servers expire the worker's session (its node goes), and
+    // it comes back with a new session.
+    proxy.cut();
+    wait_for_heartbeat_gone(&watcher, &worker).await;
+    proxy.restore();
+    wait_for_node(&watcher, &worker, "the worker to register again", |beat| beat.running.len() == 1).await;
+    assert!(heartbeat(&watcher, &worker).await.unwrap().started_at.timestamp_millis() <= started, "the same incarnation");
+    assert!(alive(pid), "the task survived the lost session");
+    assert!(master.events.try_recv().is_err(), "nothing was reported");
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr())).await.unwrap();
+    let kill = KillTaskRequest { task_instance_id: 41, attempt: 1, reason: "done".into() };
+    assert!(client.kill_task(kill).await.unwrap().into_inner().found);
+    let (_, finished) = master.until_finished().await;
+    assert_eq!(finished.outcome(), TaskOutcome::Killed);
     worker.stop().await.unwrap();
 }

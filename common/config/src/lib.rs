@@ -231,6 +231,13 @@ pub struct WorkerConfig {
     /// Time between SIGTERM and SIGKILL when a task is killed: lets tasks clean up.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// By default a worker cut off from the registry for a third of the session
+    /// timeout (or whose session expired) kills its running tasks and starts over as a
+    /// new incarnation, so that its masters fail them over to another worker: two
+    /// attempts of one task must not run at once. `true` keeps them running through such a blip;
+    /// only for workers whose tasks are idempotent, since a failover then runs a
+    /// second attempt alongside.
+    pub keep_running_when_disconnected: bool,
 }
 
 impl Default for WorkerConfig {
@@ -244,6 +251,7 @@ impl Default for WorkerConfig {
             work_dir: PathBuf::from("/tmp/sluice/work"),
             log_dir: PathBuf::from("/tmp/sluice/logs"),
             kill_grace: Duration::from_secs(5),
+            keep_running_when_disconnected: false,
         }
     }
 }

@@ -56,9 +56,45 @@ impl Config {
         }
 
         positive("alert.poll_interval", self.alert.poll_interval)?;
+        failover_outlasts_worker_kills(self)?;
 
         log_level(&self.log.level)
     }
+}
+
+/// A worker cut off from the registry kills its tasks a third of the session timeout
+/// after it noticed (see `sluice-worker`'s `session` module). In the worst case it
+/// notices two thirds of the timeout after its last contact, so its kill starts when
+/// the servers expire the session, which is when masters start counting
+/// `failover_grace`: the grace must cover the kill (`kill_grace`), plus a third of the
+/// session timeout for the ensemble's clock ticks and the kernel to end the processes.
+/// Otherwise a failover may start a second attempt while the first still runs.
+pub fn failover_margin(session_timeout: Duration, kill_grace: Duration) -> Duration {
+    kill_grace + session_timeout / 3
+}
+
+fn failover_outlasts_worker_kills(config: &Config) -> Check {
+    if config.worker.keep_running_when_disconnected {
+        return Ok(());
+    }
+    let needed = failover_margin(config.registry.session_timeout, config.worker.kill_grace);
+    if config.master.failover_grace >= needed {
+        return Ok(());
+    }
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    Err(ConfigError::invalid(
+        "master.failover_grace",
+        format!(
+            "got {}, shorter than `worker.kill_grace` ({}) + a third of `registry.session_timeout` ({}) = {}: \
+             a master could fail a task over while the worker that lost its registry session is still killing it; \
+             raise `master.failover_grace`, lower `worker.kill_grace` or `registry.session_timeout`, \
+             or set `worker.keep_running_when_disconnected = true` for workers whose tasks are idempotent",
+            show(config.master.failover_grace),
+            show(config.worker.kill_grace),
+            show(config.registry.session_timeout),
+            show(needed),
+        ),
+    ))
 }
 
 /// Cluster and group names end up as ZooKeeper path segments and in queue keys, so
@@ -263,7 +299,26 @@ mod tests {
         // A zero grace means "kill at once": legitimate.
         let mut config = Config::default();
         config.worker.kill_grace = Duration::ZERO;
+        config.validate().unwrap();
         config.master.failover_grace = Duration::ZERO;
+        config.worker.keep_running_when_disconnected = true;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn failover_waits_for_a_cut_off_worker_to_kill_its_tasks() {
+        let mut config = Config::default();
+        config.registry.session_timeout = Duration::from_secs(30);
+        config.worker.kill_grace = Duration::from_secs(5);
+        config.master.failover_grace = Duration::from_secs(15);
+        config.validate().unwrap();
+        config.master.failover_grace = Duration::from_secs(14);
+        let err = message(config.validate());
+        for named in ["`master.failover_grace`", "14s", "`worker.kill_grace` (5s)", "`registry.session_timeout` (30s)", "= 15s", "worker.keep_running_when_disconnected"] {
+            assert!(err.contains(named), "{named} not in: {err}");
+        }
+        // Workers that keep running through a blip do not need the margin.
+        config.worker.keep_running_when_disconnected = true;
         config.validate().unwrap();
     }
 }

@@ -446,6 +446,12 @@ impl Registry for EmbeddedSession {
         self.state.subscribe()
     }
 
+    /// In one process nothing can cut a session off: it ends only when
+    /// closed.
+    fn session_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+
     fn lost_on_restart(&self) -> bool {
         true
     }

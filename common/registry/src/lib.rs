@@ -103,6 +103,13 @@ pub trait Registry: Send + Sync + 'static {
     /// The session's state now and from now on.
     fn session_state(&self) -> watch::Receiver<SessionState>;
 
+    /// How long the servers keep a session that does not hear from its
+    /// client (ZooKeeper's negotiated timeout): a process cut off longer is
+    /// presumed dead and its ephemeral nodes go. Zero for a registry whose
+    /// sessions cannot be cut off (the embedded one: they end only when
+    /// closed).
+    fn session_timeout(&self) -> Duration;
+
     /// Whether everything it holds lives in this process and dies with it
     /// (the embedded registry of `sluice standalone`): a queue entry
     /// missing after a restart was lost, not taken by a worker elsewhere.
@@ -168,6 +175,9 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
     }
     fn session_state(&self) -> watch::Receiver<SessionState> {
         (**self).session_state()
+    }
+    fn session_timeout(&self) -> Duration {
+        (**self).session_timeout()
     }
     fn lost_on_restart(&self) -> bool {
         (**self).lost_on_restart()

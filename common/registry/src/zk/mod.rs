@@ -567,6 +567,15 @@ impl Registry for ZkRegistry {
         self.inner.state.subscribe()
     }
 
+    /// The timeout the servers granted the live session (they bound the
+    /// requested one by their `minSessionTimeout`/`maxSessionTimeout`).
+    fn session_timeout(&self) -> Duration {
+        match &*self.inner.lock_conn() {
+            Some(conn) => conn.client.session_timeout(),
+            None => self.inner.session_timeout,
+        }
+    }
+
     async fn close(&self) {
         self.inner.shutdown.cancel();
         let conn = self.inner.lock_conn().take();
