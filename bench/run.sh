@@ -2,7 +2,7 @@
 # Sluice's benchmark suite in one command:
 #
 #   bench/run.sh                 every scenario (peer included: takes minutes)
-#   bench/run.sh chain40         one scenario: chain40 | wide | cron | footprint | api | peer
+#   bench/run.sh chain40         one scenario: chain40 | wide | cron | stop | footprint | api | peer
 #   bench/run.sh wide --wide-scale 0.1    options go to sluice-bench (see --help)
 #
 # It installs ZooKeeper if missing and starts a private one on a free port,

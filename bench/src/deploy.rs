@@ -165,6 +165,11 @@ impl Api {
         Ok(serde_json::from_value(self.send(self.http.get(format!("{}/workflow-instances/{id}", self.base))).await?)?)
     }
 
+    /// POST `body` to `path` (under `/api/v1`).
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
     /// GET `path` (under `/api/v1`), for latency measurements.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.get(format!("{}{path}", self.base))).await

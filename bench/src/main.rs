@@ -48,6 +48,11 @@ enum Scenario {
         #[command(flatten)]
         scale: Scale,
     },
+    /// Stopping one instance of many queued and running tasks.
+    Stop {
+        #[command(flatten)]
+        scale: Scale,
+    },
     /// Idle RSS and start-to-ready time of every role.
     Footprint,
     /// REST latency over a million task-instance rows.
@@ -77,6 +82,9 @@ struct Scale {
     /// Worker slots in `wide` (default: as shipped, twice the CPU cores).
     #[arg(long)]
     wide_slots: Option<u32>,
+    /// Tasks of the instance `stop` stops.
+    #[arg(long, default_value_t = 10_000)]
+    stop_tasks: usize,
     /// Task-instance rows generated for `api`.
     #[arg(long, default_value_t = 1_000_000)]
     api_rows: usize,
@@ -94,12 +102,14 @@ fn main() -> anyhow::Result<()> {
                 scenarios::footprint::run().await?.publish(&out)?;
                 scenarios::wide::run(scale.wide_scale, scale.wide_slots).await?.publish(&out)?;
                 scenarios::cron::run(scale.cron_schedules, scale.cron_every, scale.cron_window).await?.publish(&out)?;
+                scenarios::stop::run(scale.stop_tasks).await?.publish(&out)?;
                 scenarios::api::run(scale.api_rows).await?.publish(&out)?;
                 scenarios::peer::run(Some(measured)).await?.publish(&out)?;
             }
             Scenario::Chain40 { runs } => scenarios::chain40::run(runs).await?.0.publish(&out)?,
             Scenario::Wide { scale } => scenarios::wide::run(scale.wide_scale, scale.wide_slots).await?.publish(&out)?,
             Scenario::Cron { scale } => scenarios::cron::run(scale.cron_schedules, scale.cron_every, scale.cron_window).await?.publish(&out)?,
+            Scenario::Stop { scale } => scenarios::stop::run(scale.stop_tasks).await?.publish(&out)?,
             Scenario::Footprint => scenarios::footprint::run().await?.publish(&out)?,
             Scenario::Api { scale } => scenarios::api::run(scale.api_rows).await?.publish(&out)?,
             Scenario::Peer => scenarios::peer::run(None).await?.publish(&out)?,

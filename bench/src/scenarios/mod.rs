@@ -5,4 +5,5 @@ pub mod chain40;
 pub mod cron;
 pub mod footprint;
 pub mod peer;
+pub mod stop;
 pub mod wide;
