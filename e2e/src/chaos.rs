@@ -443,24 +443,6 @@ impl Drop for Node {
     }
 }
 
-/// A free port below the kernel's ephemeral range: a process that is down
-/// must find its port free when it comes back, and a port of the
-/// ephemeral range may meanwhile become the local end of some connection.
-fn free_port(rng: &mut fastrand::Rng) -> u16 {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    for _ in 0..100 {
-        let port = rng.u16(10_000..ephemeral_low.max(10_001));
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
 // --- workflows ---------------------------------------------------------------------
 
 /// One generated workflow and what it must end as.
@@ -698,7 +680,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, String> {
     };
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..3 {
-        let addr = format!("127.0.0.1:{}", free_port(&mut rng));
+        let addr = format!("127.0.0.1:{}", sluice_testkit::net::stable_port(&mut rng));
         let name = format!("master-{i}");
         let mut env = common(&name);
         env.extend([
@@ -713,7 +695,7 @@ pub async fn run(config: ChaosConfig) -> Result<Report, String> {
         nodes.push(Node { role: Role::Master, name, addr, env, log, child: None, starts: 0, started_at: None });
     }
     for i in 0..3 {
-        let addr = format!("127.0.0.1:{}", free_port(&mut rng));
+        let addr = format!("127.0.0.1:{}", sluice_testkit::net::stable_port(&mut rng));
         let name = format!("worker-{i}");
         let mut env = common(&name);
         let home = dir.path().join(&name);

@@ -130,12 +130,12 @@ async fn slow_task_loses_its_worker(fate: WorkerFate) {
 async fn commands_claimed_before_a_restart_are_acted_on() {
     let mut sandbox = Sandbox::cluster(0, 1).await;
     let id = sandbox.run(sandbox.apply(&workflow("claimed", vec![shell("only", "true", &[])])).await).await;
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    // Held until the master binds it, so nothing else takes it meanwhile.
+    let reserved = sluice_testkit::net::ReservedAddr::new().unwrap();
+    let addr = reserved.addr().to_string();
     // The earlier life of the master at `addr`: it claimed the start command.
     assert_eq!(sandbox.store().claim_commands(&addr, 10).await.unwrap().len(), 1);
+    drop(reserved);
     sandbox.add_master_at(&addr).await;
 
     let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;

@@ -40,6 +40,27 @@ impl ReservedAddr {
     }
 }
 
+/// A port for a server that must come back on the same port after a
+/// restart (a ZooKeeper, the chaos test's nodes), where binding port 0 on
+/// each start cannot serve. Picked at random below the kernel's ephemeral
+/// range, so no connection's local end takes it while the server is down,
+/// and free when picked; another process may still pick the same one, so a
+/// caller whose server then fails to bind picks again.
+pub fn stable_port(rng: &mut fastrand::Rng) -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    for _ in 0..100 {
+        let port = rng.u16(10_000..ephemeral_low.max(10_001));
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
 /// The address in the first line of `log` that contains `message` and then
 /// `key=<address>` (how the roles log where they listen, e.g. `api
 /// listening addr=127.0.0.1:43125`), once the line is complete.

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,17 +57,23 @@ impl ZooKeeperServer {
     /// Starts a server and waits until it serves requests.
     pub fn start_new() -> std::io::Result<ZooKeeperServer> {
         let dir = tempfile::Builder::new().prefix("sluice-zk-").tempdir()?;
-        let port = free_port()?;
         fs::create_dir_all(dir.path().join("data"))?;
         fs::create_dir_all(dir.path().join("logs"))?;
-        fs::write(dir.path().join("zoo.cfg"), config(dir.path(), port))?;
-        let mut server = ZooKeeperServer {
-            dir,
-            port,
-            child: None,
-        };
-        server.start()?;
-        Ok(server)
+        // Tests restart the server on its port, so the port is picked here
+        // (not bound to 0 by the server); if another process took it in
+        // the meantime the server exits at once and another is picked.
+        let mut rng = fastrand::Rng::new();
+        let mut server = ZooKeeperServer { dir, port: 0, child: None };
+        let mut last = None;
+        for _ in 0..5 {
+            server.port = crate::net::stable_port(&mut rng);
+            fs::write(server.dir.path().join("zoo.cfg"), config(server.dir.path(), server.port))?;
+            match server.start() {
+                Ok(()) => return Ok(server),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.expect("tried at least once"))
     }
 
     /// `127.0.0.1:<port>`, for a ZooKeeper connect string.
@@ -117,7 +123,12 @@ impl ZooKeeperServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if serving(self.port) {
+            // Serving, and by this child: not another server on the port.
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait()?,
+                None => None,
+            };
+            if exited.is_none() && serving(self.port) {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
@@ -187,11 +198,6 @@ fn config(dir: &Path, port: u16) -> String {
          maxSessionTimeout=60000\n",
         data = data.display()
     )
-}
-
-fn free_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn port_open(port: u16) -> bool {
