@@ -17,6 +17,7 @@ sluice_e2e::both_deployments!(
     queued_tasks_start_in_priority_order_on_a_one_slot_worker,
     a_running_task_can_be_killed,
     a_workflow_instance_can_be_stopped,
+    a_stop_kills_queued_tasks_and_a_ticket_taken_before_it_never_runs,
     parameters_and_outputs_reach_downstream_tasks,
     an_unresolvable_expression_fails_the_task_before_it_starts,
 );
@@ -232,6 +233,59 @@ async fn a_workflow_instance_can_be_stopped(sandbox: Sandbox) {
     assert_eq!(wi.state, WorkflowState::Stopped, "[{}] {tasks:?}", sandbox.name());
     assert!(tasks.iter().all(|t| t.state == TaskState::Killed), "{tasks:?}");
     assert_eq!(tasks.len(), 2);
+    sandbox.shutdown().await;
+}
+
+/// Queued tasks no worker fetched are killed by the stop's own write (not
+/// after one queue removal each); their entries leave the queue after, and
+/// a ticket a worker took before the stop, but fetched only after, is
+/// refused as stale.
+async fn a_stop_kills_queued_tasks_and_a_ticket_taken_before_it_never_runs(mut sandbox: Sandbox) {
+    let ran = sandbox.scratch().join("ran");
+    let tasks: Vec<TaskSpec> = (0..30).map(|i| shell(&format!("t{i:02}"), &format!("echo t{i:02} >> {}", ran.display()), &[])).collect();
+    let mut spec = workflow("stop_queued", tasks);
+    spec.worker_group = WorkerGroup::new("later").unwrap();
+    let id = sandbox.run(sandbox.apply(&spec).await).await;
+    let registry = sandbox.registry_session().await;
+    let deadline = std::time::Instant::now() + MINUTE;
+    while registry.queue_keys("later").await.unwrap().len() < 30 {
+        assert!(std::time::Instant::now() < deadline, "[{}] 30 entries not queued within a minute", sandbox.name());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A worker's take: the entry is gone from the queue, its ticket not
+    // fetched yet.
+    let taken = registry.queue_try_take("later").await.unwrap().expect("an entry");
+
+    sandbox.stop(id).await;
+    // Not a figure (bench/run.sh stop has those): the taken ticket must not
+    // keep the stop waiting for the watchdog's queue check a minute later.
+    let (wi, tasks) = sandbox.wait_finished(id, Duration::from_secs(15)).await;
+    assert_eq!(wi.state, WorkflowState::Stopped, "[{}] {tasks:?}", sandbox.name());
+    assert_eq!(tasks.len(), 30);
+    assert!(tasks.iter().all(|t| t.state == TaskState::Killed && t.start_time.is_none()), "[{}] {tasks:?}", sandbox.name());
+    let deadline = std::time::Instant::now() + MINUTE;
+    loop {
+        let left = registry.queue_keys("later").await.unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "[{}] queue entries of killed tasks left: {left:?}", sandbox.name());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The taken ticket reaches a worker now: its fetch is answered stale.
+    registry.queue_put("later", &taken.key, &taken.payload).await.unwrap();
+    sandbox.add_worker(&["later"], 2).await;
+    let deadline = std::time::Instant::now() + MINUTE;
+    while !registry.queue_keys("later").await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "[{}] the worker did not take the ticket", sandbox.name());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!ran.exists(), "[{}] a task of the stopped instance ran: {}", sandbox.name(), std::fs::read_to_string(&ran).unwrap_or_default());
+    let (wi, tasks) = sandbox.wait_finished(id, MINUTE).await;
+    assert_eq!(wi.state, WorkflowState::Stopped);
+    assert!(tasks.iter().all(|t| t.state == TaskState::Killed && t.attempt == 1), "{tasks:?}");
     sandbox.shutdown().await;
 }
 

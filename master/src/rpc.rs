@@ -114,7 +114,7 @@ impl MasterService for MasterRpc {
     async fn fetch_task(&self, request: Request<FetchTaskRequest>) -> Result<Response<FetchTaskReply>, Status> {
         let request = request.into_inner();
         let (id, task) = (WorkflowInstanceId(request.workflow_instance_id), TaskInstanceId(request.task_instance_id));
-        if let Some(dispatch) = self.shared.dispatches.get(id, task, request.attempt) {
+        if let Some(dispatch) = self.shared.dispatches.fetch(id, task, request.attempt) {
             return Ok(Response::new(FetchTaskReply { answer: Some(Answer::Dispatch(dispatch.to_json())) }));
         }
         let answer = match self.shared.driver(id) {

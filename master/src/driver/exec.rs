@@ -30,7 +30,9 @@ impl Driver {
             let more = match effect {
                 Effect::Write(write) => {
                     let (shared, fence) = (self.shared.clone(), self.machine.fence());
+                    let began = std::time::Instant::now();
                     let written = persist!(shared, fence.workflow_instance_id, shared.store.write_run(fence, &write))?;
+                    tracing::debug!(workflow_instance = %fence.workflow_instance_id, updated = write.tasks.len(), created = write.create.len(), ms = began.elapsed().as_secs_f64() * 1000.0, "run written");
                     self.held.retain(|c| !write.consume.contains(c));
                     self.machine.persisted(written)
                 }
@@ -39,8 +41,11 @@ impl Driver {
                     self.machine.queued(results, Utc::now())
                 }
                 Effect::Withdraw(entries) => {
+                    let began = std::time::Instant::now();
                     let results = self.withdraw_all(entries).await?;
-                    self.machine.withdrawn(results)
+                    let more = self.machine.withdrawn(results);
+                    tracing::debug!(workflow_instance = %self.machine.instance().id, ms = began.elapsed().as_secs_f64() * 1000.0, "withdrawn");
+                    more
                 }
                 Effect::Kill(orders) => {
                     for order in orders {
@@ -74,13 +79,27 @@ impl Driver {
                     write_logs(&self.shared, logs);
                     Vec::new()
                 }
-                Effect::Finish(state) => return Ok(Some(state)),
+                Effect::Finish(state) => {
+                    self.start_cleanup();
+                    return Ok(Some(state));
+                }
             };
             if !more.is_empty() {
                 stack.push(more.into_iter());
             }
         }
+        self.start_cleanup();
         Ok(None)
+    }
+
+    /// Starts removing the queue entries of the attempts killed unfetched
+    /// (after their kills are written: the removals do not compete with
+    /// that write).
+    fn start_cleanup(&mut self) {
+        if !self.discard.is_empty() {
+            let entries = std::mem::take(&mut self.discard);
+            self.cleanup.push(tokio::spawn(remove_unfetched(self.shared.clone(), self.machine.instance().id, entries)));
+        }
     }
 
     /// Puts the entries in their queues, side by side. A put cut off by a
@@ -112,24 +131,63 @@ impl Driver {
     }
 
     /// Takes entries back out of their queues: `true` for each one removed
-    /// before a worker took it.
-    async fn withdraw_all(&self, entries: Vec<QueueRef>) -> Result<Vec<(QueueRef, bool)>, Abort> {
+    /// before a worker took it. An entry taken back for a kill whose
+    /// dispatch no worker fetched counts as removed at once (it can never
+    /// run: a later fetch misses the board and meets the killed row); its
+    /// queue entry is removed in the background once the kills are written
+    /// (see `execute`), finished before the driver ends.
+    async fn withdraw_all(&mut self, entries: Vec<QueueRef>) -> Result<Vec<(QueueRef, bool)>, Abort> {
         let id = self.machine.instance().id;
-        let removals = entries.into_iter().map(|entry| {
+        let (mut unfetched, mut entries_left) = (Vec::new(), Vec::new());
+        for entry in entries {
+            let task = self.machine.task_id(entry.node);
+            match task {
+                Some(task) if entry.kills && self.shared.dispatches.withdraw_unfetched(id, task, entry.attempt) => unfetched.push(entry),
+                _ => entries_left.push(entry),
+            }
+        }
+        self.discard.extend(unfetched.iter().map(|e| (e.group.clone(), e.key.clone())));
+        let mut results: Vec<(QueueRef, bool)> = unfetched.into_iter().map(|entry| (entry, true)).collect();
+        let removals = entries_left.into_iter().map(|entry| {
             let shared = self.shared.clone();
             async move {
                 let removed = coordinate!(shared, id, shared.registry.queue_remove(&entry.group, &entry.key));
                 removed.map(|removed| (entry, removed))
             }
         });
-        let results: Vec<Result<(QueueRef, bool), Abort>> = futures::stream::iter(removals).buffer_unordered(IN_FLIGHT).collect().await;
-        let results: Vec<(QueueRef, bool)> = results.into_iter().collect::<Result<_, _>>()?;
-        for (entry, removed) in &results {
+        let removed: Vec<Result<(QueueRef, bool), Abort>> = futures::stream::iter(removals).buffer_unordered(IN_FLIGHT).collect().await;
+        let removed: Vec<(QueueRef, bool)> = removed.into_iter().collect::<Result<_, _>>()?;
+        for (entry, removed) in &removed {
             if let (true, Some(task)) = (*removed, self.machine.task_id(entry.node)) {
                 self.shared.dispatches.take_down(id, task, entry.attempt);
             }
         }
+        results.extend(removed);
         Ok(results)
+    }
+
+    /// Waits for the background removals of killed attempts' queue
+    /// entries, so that nothing of this driver's is left in the queue when
+    /// a next driver of the instance may put the same keys again.
+    pub(super) async fn finish_cleanup(&mut self) {
+        for handle in self.cleanup.drain(..) {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Removes the queue entries of attempts killed before any worker fetched
+/// them. Only cleanup: an entry left behind (an outage, a crash) is taken
+/// by a worker whose fetch is answered "stale".
+async fn remove_unfetched(shared: Arc<Shared>, id: WorkflowInstanceId, entries: Vec<(String, String)>) {
+    let removals = entries.into_iter().map(|(group, key)| {
+        let registry = shared.registry.clone();
+        async move { (registry.queue_remove(&group, &key).await, key) }
+    });
+    let results: Vec<_> = futures::stream::iter(removals).buffer_unordered(IN_FLIGHT).collect().await;
+    let failed = results.iter().filter(|(r, _)| r.is_err()).count();
+    if failed > 0 {
+        tracing::info!(workflow_instance = %id, failed, "queue entries of killed attempts not removed; the workers that take them are told they are stale");
     }
 }
 

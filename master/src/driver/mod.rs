@@ -77,8 +77,13 @@ pub(crate) fn spawn(shared: Arc<Shared>, instance: WorkflowInstance) {
         let mut held = Vec::new();
         let result = match load::load(&shared, instance).await {
             Ok(Some(machine)) => {
-                let mut driver = Driver { shared: shared.clone(), machine, held: Vec::new() };
-                let result = driver.run(rx).await;
+                let mut driver = Driver { shared: shared.clone(), machine, held: Vec::new(), discard: Vec::new(), cleanup: Vec::new() };
+                let mut rx = rx;
+                let result = driver.run(&mut rx).await;
+                // Still registered (its channel open) until its queue
+                // entries are gone: a next driver waits for this one.
+                driver.finish_cleanup().await;
+                drop(rx);
                 held = driver.held;
                 result
             }
@@ -119,6 +124,10 @@ pub(crate) struct Driver {
     pub(crate) machine: RunMachine,
     /// Commands handed to the machine and not consumed by a write yet.
     pub(crate) held: Vec<CommandId>,
+    /// Queue entries of attempts killed unfetched, to remove (see
+    /// `exec.rs`), and the background removals under way.
+    pub(crate) discard: Vec<(String, String)>,
+    pub(crate) cleanup: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A call retried while its error is transient (see [`crate::retry`]),
@@ -170,7 +179,7 @@ impl World for View {
 }
 
 impl Driver {
-    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<DriverMsg>) -> Result<WorkflowState, Abort> {
+    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<DriverMsg>) -> Result<WorkflowState, Abort> {
         let view = self.view(self.machine.groups_at_start()).await;
         let effects = self.machine.start(&view);
         if let Some(state) = self.execute(effects).await? {

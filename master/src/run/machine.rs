@@ -86,6 +86,10 @@ pub(super) struct Step {
     pub create: Vec<(TaskNode, NewTaskInstance)>,
     pub consume: Vec<CommandId>,
     pub after: After,
+    /// The time stamped on what this step ends or starts: one for the
+    /// whole step, so that a stop's 10,000 killed rows are alike and
+    /// written by one statement per chunk (see `RunMachine::now`).
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Step {
@@ -420,6 +424,11 @@ impl RunMachine {
             task_priority: row.priority,
             task_instance_id: row.id,
         })
+    }
+
+    /// The step's time (taken once per step).
+    pub(super) fn now(&mut self) -> chrono::DateTime<chrono::Utc> {
+        *self.step.now.get_or_insert_with(chrono::Utc::now)
     }
 
     pub(super) fn log(&mut self, node: TaskNode, lines: Vec<String>) {

@@ -118,6 +118,10 @@ pub(crate) struct QueueRef {
     pub attempt: u32,
     pub group: String,
     pub key: String,
+    /// Taken back to kill the attempt (not to put it back later, as a
+    /// pause does): an attempt no worker has fetched can then be killed
+    /// at once, and removing its entry is only cleanup.
+    pub kills: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -113,7 +113,8 @@ impl RunMachine {
             .into_iter()
             .filter_map(|(node, why)| {
                 let row = self.row(node)?;
-                let entry = QueueRef { node, attempt: row.attempt, group: row.worker_group.to_string(), key: self.queue_key(node)?.encode() };
+                let kills = matches!(why, Withdrawal::Kill(_));
+                let entry = QueueRef { node, attempt: row.attempt, group: row.worker_group.to_string(), key: self.queue_key(node)?.encode(), kills };
                 self.withdrawing.insert(node, why);
                 Some(entry)
             })
@@ -131,7 +132,7 @@ impl RunMachine {
         let reason = error.to_string();
         tracing::warn!(workflow_instance = %self.instance.id, task = %self.dag.name(node), %error, "task parameters cannot be resolved");
         self.unqueued.remove(&node);
-        let update = TaskUpdate { message: Some(Some(reason.clone())), end_time: Some(Some(Utc::now())), ..Default::default() };
+        let update = TaskUpdate { message: Some(Some(reason.clone())), end_time: Some(Some(self.now())), ..Default::default() };
         self.change(node, &[TaskEvent::Fail], update).expect("a dispatched task may fail");
         self.log(node, vec![format!("failed before it started: {reason}")]);
         self.after_failure(node);
@@ -160,9 +161,8 @@ impl RunMachine {
             }
             match (why, removed) {
                 (Withdrawal::Kill(reason), true) => {
-                    let update = TaskUpdate { end_time: Some(Some(Utc::now())), message: Some(Some(reason.clone())), kill_reason: Some(None), ..Default::default() };
+                    let update = TaskUpdate { end_time: Some(Some(self.now())), message: Some(Some(reason.clone())), kill_reason: Some(None), ..Default::default() };
                     self.change(entry.node, &[TaskEvent::Kill], update).expect("a dispatched task may be killed");
-                    self.log(entry.node, vec![format!("killed before it started: {reason}")]);
                 }
                 (Withdrawal::Kill(reason), false) => {
                     // A worker has it but has not reported it running yet.

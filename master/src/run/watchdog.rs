@@ -181,7 +181,7 @@ impl RunMachine {
         let row = self.row(node).expect("a row");
         tracing::warn!(task_instance = %row.id, attempt = row.attempt, %reason, "task failing over");
         self.kill_on_start.remove(&node);
-        let ended = TaskUpdate { message: Some(Some(reason)), end_time: Some(Some(Utc::now())), ..Default::default() };
+        let ended = TaskUpdate { message: Some(Some(reason)), end_time: Some(Some(self.now())), ..Default::default() };
         self.change(node, &[TaskEvent::WorkerLost], ended).expect("in flight → need failover");
         if self.stopping {
             self.change(node, &[TaskEvent::Kill], TaskUpdate::default()).expect("need failover → killed");

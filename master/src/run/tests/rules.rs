@@ -86,7 +86,7 @@ fn strategy_end_kills_the_running_and_takes_back_the_queued() {
     assert_eq!(sim.state("c"), Some(TaskState::Killed), "queued c is taken back and killed");
     assert!(sim.queue.is_empty());
     assert!(sim.row("c").message.as_deref().unwrap().contains("failure strategy end: task `a` failed"));
-    assert!(sim.logs.iter().any(|l| l.task_instance_id == sim.row("c").id && l.lines[0].starts_with("killed before it started")));
+    assert!(sim.logs.iter().all(|l| l.task_instance_id != sim.row("c").id), "its log line comes from its reason (the API's)");
     assert_eq!(sim.finished, None, "b is still being killed");
     sim.end("b", Outcome::Killed);
     assert_eq!(sim.finished, Some(WorkflowState::Failure));
