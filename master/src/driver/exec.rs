@@ -41,11 +41,8 @@ impl Driver {
                     self.machine.queued(results, Utc::now())
                 }
                 Effect::Withdraw(entries) => {
-                    let began = std::time::Instant::now();
                     let results = self.withdraw_all(entries).await?;
-                    let more = self.machine.withdrawn(results);
-                    tracing::debug!(workflow_instance = %self.machine.instance().id, ms = began.elapsed().as_secs_f64() * 1000.0, "withdrawn");
-                    more
+                    self.machine.withdrawn(results)
                 }
                 Effect::Kill(orders) => {
                     for order in orders {
@@ -138,17 +135,13 @@ impl Driver {
     /// (see `execute`), finished before the driver ends.
     async fn withdraw_all(&mut self, entries: Vec<QueueRef>) -> Result<Vec<(QueueRef, bool)>, Abort> {
         let id = self.machine.instance().id;
-        let (mut unfetched, mut entries_left) = (Vec::new(), Vec::new());
-        for entry in entries {
+        let (unfetched, entries): (Vec<QueueRef>, Vec<QueueRef>) = entries.into_iter().partition(|entry| {
             let task = self.machine.task_id(entry.node);
-            match task {
-                Some(task) if entry.kills && self.shared.dispatches.withdraw_unfetched(id, task, entry.attempt) => unfetched.push(entry),
-                _ => entries_left.push(entry),
-            }
-        }
+            entry.kills && task.is_some_and(|task| self.shared.dispatches.withdraw_unfetched(id, task, entry.attempt))
+        });
         self.discard.extend(unfetched.iter().map(|e| (e.group.clone(), e.key.clone())));
         let mut results: Vec<(QueueRef, bool)> = unfetched.into_iter().map(|entry| (entry, true)).collect();
-        let removals = entries_left.into_iter().map(|entry| {
+        let removals = entries.into_iter().map(|entry| {
             let shared = self.shared.clone();
             async move {
                 let removed = coordinate!(shared, id, shared.registry.queue_remove(&entry.group, &entry.key));
@@ -182,10 +175,10 @@ impl Driver {
 async fn remove_unfetched(shared: Arc<Shared>, id: WorkflowInstanceId, entries: Vec<(String, String)>) {
     let removals = entries.into_iter().map(|(group, key)| {
         let registry = shared.registry.clone();
-        async move { (registry.queue_remove(&group, &key).await, key) }
+        async move { registry.queue_remove(&group, &key).await }
     });
     let results: Vec<_> = futures::stream::iter(removals).buffer_unordered(IN_FLIGHT).collect().await;
-    let failed = results.iter().filter(|(r, _)| r.is_err()).count();
+    let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
         tracing::info!(workflow_instance = %id, failed, "queue entries of killed attempts not removed; the workers that take them are told they are stale");
     }
